@@ -1,0 +1,1 @@
+"""BAC: Block-wise Adaptive Caching (ACS + BUA), cached execution, calibration."""

@@ -1,0 +1,44 @@
+"""The ``bac`` console script: one command, one subcommand per job.
+
+Each subcommand lives in its own module ``bac_ros.cli.<name>`` exposing
+``register(subparsers)`` (adds its parser and sets ``func``). Modules import
+torch and friends inside their ``run`` functions, so ``bac --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = ("convert", "calibrate", "bench", "eval", "train", "replay", "demos")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bac",
+        description="bac_ros: diffusion-policy inference accelerated by Block-wise Adaptive Caching.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"bac_ros.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"bac_ros.cli.{name}":
+                raise
+            continue  # subcommand not built yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
