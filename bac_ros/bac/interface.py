@@ -59,6 +59,11 @@ class BlockCache(Protocol):
 
     def load(self, block_index: int) -> "torch.Tensor": ...
 
+    @property
+    def computed_count(self) -> int:
+        """Block evaluations since the last ``reset()`` (for latency reports)."""
+        ...
+
 
 # Called with (block_index, delta) for every computed block; used by
 # calibration to record features. None on the inference path (no hooks).

@@ -1,0 +1,324 @@
+"""Checkpoint loading and saving, and the model fingerprint BAC schedules are tied to.
+
+Two formats:
+- ours: one ``.safetensors`` file, the PolicyConfig as JSON in its metadata
+  (``bac_ros_config``); no pickle, loads fast and safely. The node's default.
+- diffusion_policy ``.ckpt`` (``torch.save`` payload with ``cfg``, ``state_dicts``,
+  ``pickles``), imported WITHOUT the diffusion_policy package. By default it is
+  read with torch's restricted ``weights_only`` unpickler (tensors and OmegaConf
+  containers only). Files that need full pickle load only with
+  ``allow_pickle=True``: unpickling runs arbitrary code, so do it only for files
+  you trust.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import operator
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bac_ros.engine.config import (
+    NoiseSchedulerConfig,
+    ObsEncoderConfig,
+    PolicyConfig,
+    ShapeMeta,
+    TransformerConfig,
+)
+from bac_ros.engine.policy import DiffusionPolicy
+from bac_ros.io_utils import atomic_write_bytes
+
+FORMAT = "bac_ros/policy/1"
+CONFIG_KEY = "bac_ros_config"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message says why and what to do."""
+
+
+class UnsupportedArchitectureError(CheckpointError):
+    pass
+
+
+# -- fingerprint ------------------------------------------------------------------------------
+def fingerprint_policy(policy: DiffusionPolicy) -> str:
+    """sha256 of the canonical config JSON + every weight (fp32, sorted keys); 16 hex chars.
+
+    Only what changes the network's numbers enters: names, control period and the
+    inference step count (checked separately by schedules) do not.
+    """
+    h = hashlib.sha256()
+    cfg = policy.config.to_dict()
+    for key in ("name", "action_names", "obs_low_dim_names", "control_period_s"):
+        cfg.pop(key)
+    cfg["scheduler"].pop("num_inference_steps")
+    h.update(json.dumps(cfg, sort_keys=True).encode())
+    for key, t in sorted(_unique_state_dict(policy).items()):
+        h.update(key.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _unique_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without aliases (robomimic registers the backbone under two names)."""
+    seen: set[int] = set()
+    out = {}
+    for key, t in module.state_dict(keep_vars=True).items():
+        if id(t) in seen or t.numel() == 0:
+            continue
+        seen.add(id(t))
+        out[key] = t.detach()
+    return out
+
+
+# -- our format ------------------------------------------------------------------------------
+def save_policy(policy: DiffusionPolicy, path: str | Path, fp16: bool = False) -> Path:
+    """Write our single-file format atomically. ``fp16`` halves float weights for shipping."""
+    from safetensors.torch import save
+
+    tensors = {}
+    for key, t in _unique_state_dict(policy).items():
+        t = t.to("cpu").contiguous()
+        if fp16 and t.is_floating_point():
+            t = t.half()
+        tensors[key] = t.clone()
+    meta = {"format": FORMAT, CONFIG_KEY: json.dumps(policy.config.to_dict())}
+    return atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def _load_safetensors(path: Path) -> tuple[PolicyConfig, dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        weights = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({exc}); it may be truncated. "
+            "Re-create it with `bac convert`."
+        ) from exc
+    if meta.get("format") != FORMAT or CONFIG_KEY not in meta:
+        raise CheckpointError(
+            f"{path}: safetensors file without a bac_ros policy config (format "
+            f"{meta.get('format')!r}); convert diffusion_policy checkpoints with `bac convert`."
+        )
+    return PolicyConfig.from_dict(json.loads(meta[CONFIG_KEY])), weights
+
+
+# -- diffusion_policy .ckpt ---------------------------------------------------------------------
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+           ast.Pow: operator.pow}
+_CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
+           ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
+
+
+def safe_eval(expr: str) -> Any:
+    """Evaluate diffusion_policy's ``${eval:...}`` arithmetic without Python's eval()."""
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Not)):
+            v = ev(node.operand)
+            return -v if isinstance(node.op, ast.USub) else not v
+        if isinstance(node, ast.BoolOp):
+            vals = [ev(v) for v in node.values]
+            return all(vals) if isinstance(node.op, ast.And) else any(vals)
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMPOPS:
+            return _CMPOPS[type(node.ops[0])](ev(node.left), ev(node.comparators[0]))
+        if isinstance(node, ast.IfExp):
+            return ev(node.body) if ev(node.test) else ev(node.orelse)
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [ev(e) for e in node.elts]
+        raise CheckpointError(f"unsupported expression in cfg ${{eval:{expr}}}")
+
+    return ev(ast.parse(str(expr), mode="eval"))
+
+
+def _omegaconf_safe_globals() -> list:
+    import typing
+
+    import omegaconf
+    from omegaconf import base, nodes
+
+    return [omegaconf.DictConfig, omegaconf.ListConfig, base.ContainerMetadata, base.Metadata,
+            nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode,
+            nodes.BooleanNode, typing.Any, dict, list, set, tuple, int, float, bool, str,
+            type(None)]
+
+
+def read_dp_payload(path: Path, allow_pickle: bool) -> dict:
+    try:
+        with torch.serialization.safe_globals(_omegaconf_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - classify below
+        restricted_error = exc
+    if isinstance(restricted_error, (EOFError, RuntimeError)) and "pickle" not in str(
+        restricted_error
+    ).lower() and "weights_only" not in str(restricted_error):
+        raise CheckpointError(f"{path}: cannot read checkpoint ({restricted_error}); "
+                              "the file may be truncated or corrupt.") from restricted_error
+    if not allow_pickle:
+        raise CheckpointError(
+            f"{path}: this checkpoint needs full pickle loading, which can run arbitrary code "
+            f"({type(restricted_error).__name__}: {str(restricted_error).splitlines()[0]}). "
+            "If you trust the file, pass allow_pickle=True (`--allow-pickle`, ROS parameter "
+            "`allow_pickle_checkpoint`), or better convert it once with `bac convert`."
+        ) from restricted_error
+    warnings.warn(f"loading {path} with full pickle (allow_pickle=True): only for trusted files",
+                  stacklevel=3)
+    try:
+        import dill  # diffusion_policy saves with pickle_module=dill
+
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=dill)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot unpickle checkpoint ({exc}); the file may be "
+                              "truncated or corrupt.") from exc
+
+
+def config_from_dp_cfg(cfg) -> tuple[PolicyConfig, bool]:
+    """PolicyConfig from a diffusion_policy hydra cfg; returns (config, use_ema)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("eval"):
+        OmegaConf.register_new_resolver("eval", safe_eval)
+    try:
+        c = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot resolve the checkpoint's cfg: {exc}") from exc
+    pol = c.get("policy") or {}
+    target = str(pol.get("_target_", ""))
+    if "transformer" not in target.lower():
+        raise UnsupportedArchitectureError(
+            f"unsupported policy architecture {target or '(none)'}: bac_ros runs transformer "
+            "diffusion policies (DiffusionTransformerLowdimPolicy / "
+            "DiffusionTransformerHybridImagePolicy). UNet (DP-C) policies have no transformer "
+            "blocks for BAC to cache."
+        )
+    ns = {k: v for k, v in pol["noise_scheduler"].items() if not k.startswith("_")}
+    sched_type = "ddim" if "ddim" in str(pol["noise_scheduler"].get("_target_", "")).lower() \
+        else "ddpm"
+    sched = NoiseSchedulerConfig(
+        type=sched_type, num_inference_steps=int(pol.get("num_inference_steps") or
+                                                 ns.get("num_train_timesteps", 100)),
+        **{k: ns[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                              "variance_type", "clip_sample", "prediction_type",
+                              "set_alpha_to_one", "steps_offset") if k in ns},
+    )
+    horizon, To, Na = int(pol["horizon"]), int(pol["n_obs_steps"]), int(pol["n_action_steps"])
+    if "lowdim" in target.lower():
+        m = {k: v for k, v in pol["model"].items() if not k.startswith("_")}
+        obs_dim, action_dim = int(pol["obs_dim"]), int(pol["action_dim"])
+        shape_meta = ShapeMeta(obs={"obs": {"shape": [obs_dim], "type": "low_dim"}},
+                               action_shape=[action_dim])
+        tcfg = TransformerConfig(**m)
+        enc = None
+    else:
+        sm = pol["shape_meta"]
+        shape_meta = ShapeMeta(
+            obs={k: {"shape": v["shape"], "type": v.get("type", "low_dim")}
+                 for k, v in sm["obs"].items()},
+            action_shape=sm["action"]["shape"],
+        )
+        crop = pol.get("crop_shape")
+        enc = ObsEncoderConfig(crop_shape=tuple(crop) if crop else None,
+                               use_group_norm=bool(pol.get("obs_encoder_group_norm", False)))
+        feat = sum(enc.feature_dim if s.type == "rgb" else s.shape[0]
+                   for s in shape_meta.obs.values())
+        tcfg = TransformerConfig(
+            input_dim=shape_meta.action_dim, output_dim=shape_meta.action_dim, horizon=horizon,
+            n_obs_steps=To, cond_dim=feat,
+            **{k: pol[k] for k in ("n_layer", "n_head", "n_emb", "p_drop_emb", "p_drop_attn",
+                                   "causal_attn", "time_as_cond", "n_cond_layers") if k in pol},
+        )
+    config = PolicyConfig(shape_meta=shape_meta, transformer=tcfg, scheduler=sched,
+                          obs_encoder=enc, horizon=horizon, n_obs_steps=To, n_action_steps=Na,
+                          name=target.rsplit(".", 1)[-1])
+    use_ema = bool((c.get("training") or {}).get("use_ema", False))
+    return config, use_ema
+
+
+def _load_dp_ckpt(path: Path, allow_pickle: bool) -> tuple[PolicyConfig, dict]:
+    payload = read_dp_payload(path, allow_pickle)
+    if not isinstance(payload, dict) or "cfg" not in payload or "state_dicts" not in payload:
+        raise CheckpointError(f"{path}: not a diffusion_policy checkpoint (expected keys 'cfg' "
+                              f"and 'state_dicts'; got {sorted(payload)[:5]}).")
+    config, use_ema = config_from_dp_cfg(payload["cfg"])
+    sds = payload["state_dicts"]
+    key = "ema_model" if use_ema and "ema_model" in sds else "model"
+    if key not in sds:
+        raise CheckpointError(f"{path}: state_dicts has no '{key}' entry ({sorted(sds)}).")
+    return config, sds[key]
+
+
+# -- entry points -----------------------------------------------------------------------------
+def build_policy(config: PolicyConfig, weights: dict[str, torch.Tensor], source: str = "?"):
+    policy = DiffusionPolicy(config)
+    expected = policy.state_dict(keep_vars=True)
+    # Map aliases (same tensor under two names) so either name satisfies both.
+    alias_of: dict[int, list[str]] = {}
+    for k, t in expected.items():
+        alias_of.setdefault(id(t), []).append(k)
+    weights = {k: v for k, v in weights.items() if not k.endswith("_dummy_variable")}
+    unexpected = [k for k in weights if k not in expected and not k.startswith("normalizer.")]
+    missing = [k for k, t in expected.items()
+               if t.numel() and not any(a in weights for a in alias_of[id(t)])]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not match the architecture in its config: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
+        )
+    for k, v in weights.items():
+        if k in expected and tuple(expected[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{source}: shape mismatch for {k}: checkpoint "
+                                  f"{tuple(v.shape)}, config implies {tuple(expected[k].shape)}.")
+    full = dict(weights)
+    for names in alias_of.values():
+        src = next((n for n in names if n in weights), None)
+        if src is not None:
+            for n in names:
+                full.setdefault(n, weights[src])
+    policy.load_state_dict(full, strict=False)
+    if "action" not in policy.normalizer:
+        raise CheckpointError(f"{source}: checkpoint has no normalizer for 'action'.")
+    policy.eval()
+    policy.fingerprint = fingerprint_policy(policy)
+    return policy
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu",
+                allow_pickle: bool = False) -> DiffusionPolicy:
+    """Load ours (.safetensors) or diffusion_policy's (.ckpt) format; see module docstring."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors"))
+        if len(found) != 1:
+            raise CheckpointError(f"{path}: expected exactly one .safetensors file, found "
+                                  f"{[p.name for p in found]}.")
+        path = found[0]
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path "
+                              "(ROS parameter `checkpoint`).")
+    if path.suffix == ".safetensors":
+        config, weights = _load_safetensors(path)
+    elif path.suffix in (".ckpt", ".pt", ".pth"):
+        config, weights = _load_dp_ckpt(path, allow_pickle)
+    else:
+        raise CheckpointError(f"{path}: unknown checkpoint type {path.suffix!r}; expected "
+                              ".safetensors (bac_ros) or .ckpt (diffusion_policy).")
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    policy = build_policy(config, weights, source=str(path))
+    return policy.to(device)

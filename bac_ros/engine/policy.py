@@ -1,0 +1,208 @@
+"""DiffusionPolicy: observation history -> condition -> denoising loop -> actions.
+
+Matches diffusion_policy's transformer policies with ``obs_as_cond``: the
+observation features of the first ``n_obs_steps`` frames become the
+cross-attention condition, the loop is diffusers-style (caller-owned), and the
+executed slice is ``To-1 .. To-1+n_action_steps`` of the predicted horizon.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from bac_ros.bac.interface import BlockCache
+from bac_ros.engine.config import PolicyConfig
+from bac_ros.engine.encoders import ObservationEncoder
+from bac_ros.engine.model import TransformerForDiffusion
+from bac_ros.engine.normalizer import LinearNormalizer
+from bac_ros.engine.schedulers import build_scheduler
+
+# observer(step_index, block_index, delta): records block features for calibration.
+StepObserver = "Callable[[int, int, torch.Tensor], None]"
+
+
+@dataclass
+class ActionPrediction:
+    action: np.ndarray  # (B, n_action_steps, Da) executed slice, unnormalized
+    action_pred: np.ndarray  # (B, horizon, Da) full predicted horizon, unnormalized
+    blocks_computed: int  # block evaluations in this chunk (all steps, one sample)
+    blocks_total: int  # blocks x steps at full compute
+
+
+class DiffusionPolicy(nn.Module):
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.config = config
+        tcfg = config.transformer
+        self.obs_encoder = ObservationEncoder(config.shape_meta, config.obs_encoder)
+        if tcfg.obs_as_cond and tcfg.cond_dim != self.obs_encoder.output_dim:
+            raise ValueError(
+                f"transformer.cond_dim ({tcfg.cond_dim}) != observation feature size "
+                f"({self.obs_encoder.output_dim}) implied by shape_meta / obs_encoder."
+            )
+        if not tcfg.obs_as_cond:
+            raise ValueError(
+                "only obs_as_cond policies are supported by the policy wrapper (the observation "
+                "must enter through the condition); inpainting-style DP-T checkpoints can be "
+                "loaded as a bare TransformerForDiffusion."
+            )
+        self.model = TransformerForDiffusion(tcfg)
+        self.normalizer = LinearNormalizer()
+        self.scheduler = build_scheduler(config.scheduler)
+        self.fingerprint: str = ""  # set by checkpoint loading / fingerprint_policy
+        self.eval()
+
+    # -- configuration --------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.head.weight.device
+
+    @property
+    def num_inference_steps(self) -> int:
+        return int(self.scheduler.num_inference_steps)
+
+    def set_num_inference_steps(self, k: int) -> None:
+        if not isinstance(k, int) or not 1 <= k <= self.config.scheduler.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be in [1, {self.config.scheduler.num_train_timesteps}]"
+                f". Got {k!r}."
+            )
+        self.scheduler.set_timesteps(k)
+
+    # -- inference ------------------------------------------------------------------------
+    def validate_obs(self, obs: Mapping[str, object]) -> dict[str, torch.Tensor]:
+        """Check keys, shapes and finiteness; return float tensors on the policy device."""
+        if not isinstance(obs, Mapping):
+            raise TypeError(f"obs must be a dict of arrays. Got {type(obs).__name__}.")
+        To = self.config.n_obs_steps
+        out, batch = {}, None
+        for key, spec in self.config.shape_meta.obs.items():
+            if key not in obs:
+                raise ValueError(
+                    f"observation key {key!r} is missing; the policy needs "
+                    f"{list(self.config.shape_meta.obs)}."
+                )
+            x = torch.as_tensor(np.asarray(obs[key]) if not torch.is_tensor(obs[key])
+                                else obs[key])
+            want = (To, *spec.shape)
+            if x.dim() != len(want) + 1 or tuple(x.shape[1:]) != want:
+                raise ValueError(
+                    f"observation {key!r} must have shape (B, {', '.join(map(str, want))}) "
+                    f"(batch, n_obs_steps, *shape). Got {tuple(x.shape)}."
+                )
+            if batch is not None and x.shape[0] != batch:
+                raise ValueError(f"observation {key!r} has batch {x.shape[0]}, others {batch}.")
+            batch = x.shape[0]
+            if not x.is_floating_point():
+                raise ValueError(f"observation {key!r} must be float. Got dtype {x.dtype}.")
+            if not torch.isfinite(x).all():
+                raise ValueError(f"observation {key!r} contains NaN or inf; refusing to act.")
+            out[key] = x.to(self.device, torch.float32)
+        return out
+
+    @torch.no_grad()
+    def encode_condition(self, obs: Mapping[str, object]) -> torch.Tensor:
+        """(B, To, cond_dim) condition from a validated observation history."""
+        obs = self.validate_obs(obs)
+        B, To = next(iter(obs.values())).shape[:2]
+        nobs = {}
+        for key, x in obs.items():
+            x = x.reshape(B * To, *x.shape[2:])
+            nobs[key] = self.normalizer.normalize(key, x) if key in self.normalizer else x
+        return self.obs_encoder(nobs).reshape(B, To, -1)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        cond: torch.Tensor,
+        noise: torch.Tensor,
+        cache: Optional[BlockCache] = None,
+        observer=None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Run the K-step denoising loop from ``noise`` (B, horizon, Da); normalized actions."""
+        sample = noise
+        if cache is not None:
+            cache.reset()
+        for k, t in enumerate(self.scheduler.timesteps):
+            if cache is not None:
+                cache.set_step(k)
+            step_obs = None if observer is None else (lambda b, d, k=k: observer(k, b, d))
+            eps = self.model(sample, t, cond, cache=cache, observer=step_obs)
+            sample = self.scheduler.step(eps, t, sample, generator=generator).prev_sample
+        return sample
+
+    def make_noise(self, batch: int, generator: Optional[torch.Generator] = None):
+        shape = (batch, self.config.horizon, self.config.shape_meta.action_dim)
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        obs: Mapping[str, object],
+        generator: Optional[torch.Generator] = None,
+        noise: Optional[torch.Tensor] = None,
+        cache: Optional[BlockCache] = None,
+        num_inference_steps: Optional[int] = None,
+    ) -> ActionPrediction:
+        """Predict an action chunk. Same ``noise`` and ``generator`` seed -> same actions.
+
+        With ``noise`` but no ``generator``, the per-step DDPM noise is drawn from a
+        generator seeded with 0, so caller-supplied noise alone is deterministic.
+        """
+        if num_inference_steps is not None and num_inference_steps != self.num_inference_steps:
+            self.set_num_inference_steps(num_inference_steps)
+        cond = self.encode_condition(obs)
+        B = cond.shape[0]
+        if noise is None:
+            noise = self.make_noise(B, generator)
+        else:
+            want = (B, self.config.horizon, self.config.shape_meta.action_dim)
+            if tuple(noise.shape) != want:
+                raise ValueError(f"noise must have shape {want}. Got {tuple(noise.shape)}.")
+            noise = noise.to(self.device, torch.float32)
+            if generator is None:
+                generator = torch.Generator().manual_seed(0)
+        naction = self.denoise(cond, noise, cache=cache, generator=generator)
+        action_pred = self.normalizer.unnormalize("action", naction)
+        start = self.config.n_obs_steps - 1
+        action = action_pred[:, start:start + self.config.n_action_steps]
+        n_blocks = len(self.model.blocks())
+        total = n_blocks * self.num_inference_steps
+        computed = total if cache is None else int(cache.computed_count)
+        return ActionPrediction(
+            action=action.float().cpu().numpy(),
+            action_pred=action_pred.float().cpu().numpy(),
+            blocks_computed=computed,
+            blocks_total=total,
+        )
+
+    # -- training -------------------------------------------------------------------------
+    def compute_loss(self, batch: dict, generator: Optional[torch.Generator] = None):
+        """diffusion_policy's loss: MSE between predicted and true noise (or sample)."""
+        obs, action = batch["obs"], batch["action"].to(self.device)
+        cond = self.encode_condition_train(obs)
+        naction = self.normalizer.normalize("action", action)
+        noise = torch.randn(naction.shape, generator=generator).to(naction.device)
+        t = torch.randint(0, self.config.scheduler.num_train_timesteps, (naction.shape[0],),
+                          generator=generator).to(naction.device)
+        noisy = self.scheduler.add_noise(naction, noise, t)
+        pred = self.model(noisy, t, cond)
+        target = noise if self.config.scheduler.prediction_type == "epsilon" else naction
+        return torch.nn.functional.mse_loss(pred, target)
+
+    def encode_condition_train(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Like encode_condition but with gradients and the train-mode crop augmentation."""
+        To = self.config.n_obs_steps
+        nobs = {}
+        for key in self.config.shape_meta.obs:
+            x = obs[key][:, :To].to(self.device, torch.float32)
+            B = x.shape[0]
+            x = x.reshape(B * To, *x.shape[2:])
+            nobs[key] = self.normalizer.normalize(key, x) if key in self.normalizer else x
+        return self.obs_encoder(nobs).reshape(B, To, -1)
