@@ -1,0 +1,104 @@
+"""Checkpoints: diffusion_policy .ckpt import, our safetensors format, errors."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from bac_ros.engine.checkpoint import CheckpointError, UnsupportedArchitectureError, load_policy
+from bac_ros.engine.checkpoint import save_policy
+from bac_ros.engine.testing import (
+    lowdim_dp_policy,
+    make_tiny_policy,
+    random_obs,
+    save_dp_checkpoint,
+)
+
+warnings.filterwarnings("ignore", message="loading .* with full pickle")
+
+
+def _same_actions(p, q):
+    obs = random_obs(p)
+    a = p.predict(obs, generator=torch.Generator().manual_seed(5))
+    b = q.predict(obs, generator=torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(a.action_pred, b.action_pred)
+
+
+@pytest.mark.parametrize("make", [lambda: lowdim_dp_policy(num_inference_steps=5),
+                                  lambda: make_tiny_policy("image", num_inference_steps=3)])
+def test_dp_ckpt_roundtrip(tmp_path, make):
+    """A diffusion_policy-format .ckpt loads with the same names, shapes and actions."""
+    p = make()
+    path = save_dp_checkpoint(p, tmp_path / "policy.ckpt")
+    with pytest.raises(CheckpointError, match="allow_pickle"):
+        load_policy(path)  # pickle needs an explicit opt-in
+    q = load_policy(path, allow_pickle=True)
+    assert set(q.state_dict()) == set(p.state_dict())
+    _same_actions(p, q)
+    # converter round trip: ours keeps the actions and the fingerprint
+    out = save_policy(q, tmp_path / "policy.safetensors")
+    r = load_policy(out)
+    assert r.fingerprint == q.fingerprint
+    _same_actions(q, r)
+
+
+def test_fp16_export_loads(tmp_path):
+    """fp16 files load into float32 modules with near-identical actions."""
+    p = make_tiny_policy("lowdim", num_inference_steps=5)
+    q = load_policy(save_policy(p, tmp_path / "p.safetensors", fp16=True))
+    assert q.model.head.weight.dtype == torch.float32
+    obs = random_obs(p)
+    a = p.predict(obs, generator=torch.Generator().manual_seed(0)).action
+    b = q.predict(obs, generator=torch.Generator().manual_seed(0)).action
+    assert np.abs(a - b).max() < 5.0  # pixels; fp16 weight rounding only
+
+
+def test_unet_checkpoint_is_rejected(tmp_path):
+    """A DP-C (UNet) checkpoint gives an unsupported-architecture error."""
+    p = lowdim_dp_policy(num_inference_steps=5)
+    path = save_dp_checkpoint(p, tmp_path / "unet.ckpt")
+    payload = torch.load(path, weights_only=False)
+    payload["cfg"].policy._target_ = ("diffusion_policy.policy.diffusion_unet_lowdim_policy."
+                                      "DiffusionUnetLowdimPolicy")
+    torch.save(payload, path)
+    with pytest.raises(UnsupportedArchitectureError, match="UNet"):
+        load_policy(path, allow_pickle=True)
+
+
+def test_truncated_and_missing_files(tmp_path):
+    """Truncated files and missing paths raise CheckpointError with a reason."""
+    p = make_tiny_policy("lowdim")
+    good = save_policy(p, tmp_path / "p.safetensors")
+    data = good.read_bytes()
+    bad = tmp_path / "trunc.safetensors"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_policy(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_policy(tmp_path / "nope.safetensors")
+    ck = save_dp_checkpoint(lowdim_dp_policy(), tmp_path / "p.ckpt")
+    (tmp_path / "t.ckpt").write_bytes(ck.read_bytes()[:2000])
+    with pytest.raises(CheckpointError):
+        load_policy(tmp_path / "t.ckpt", allow_pickle=True)
+
+
+def test_missing_key_and_shape_mismatch(tmp_path):
+    """Weights that do not fit the config are named in the error."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    p = make_tiny_policy("lowdim")
+    path = save_policy(p, tmp_path / "p.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    w = load_file(str(path))
+    w.pop("model.head.weight")
+    save_file(w, str(tmp_path / "m.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="missing.*head.weight"):
+        load_policy(tmp_path / "m.safetensors")
+    w = load_file(str(path))
+    w["model.head.bias"] = torch.zeros(5)
+    save_file(w, str(tmp_path / "s.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="shape mismatch.*head.bias"):
+        load_policy(tmp_path / "s.safetensors")
