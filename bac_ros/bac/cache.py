@@ -1,0 +1,74 @@
+"""Cached execution: the BlockCache a model consults at every block of every step."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from bac_ros.bac.interface import BlockInfo
+from bac_ros.bac.schedule import CacheSchedule
+
+
+class ScheduledBlockCache:
+    """Implements ``bac.interface.BlockCache`` for a static schedule.
+
+    The compute table is a plain list of lists (a Python list index is far cheaper
+    than a tensor index in the hot loop). Buffers are allocated once per shape and
+    reused every chunk: ``store`` copies into them, so addresses stay fixed (what
+    CUDA graph capture needs).
+    """
+
+    def __init__(self, schedule: CacheSchedule, blocks: Sequence[BlockInfo]):
+        names = [b.name for b in blocks]
+        if names != schedule.block_names:
+            raise ValueError("schedule blocks do not match the model's blocks; use "
+                             "CacheSchedule.check_compatible first.")
+        self.schedule = schedule
+        self._table = schedule.table()
+        self._row_counts = [sum(row) for row in self._table]
+        self._row: list[bool] = self._table[0]
+        self._buffers: list[torch.Tensor | None] = [None] * len(names)
+        self._stored = [False] * len(names)
+        self._step = -1
+        self._computed = 0
+
+    @property
+    def num_steps(self) -> int:
+        return self.schedule.num_steps
+
+    @property
+    def computed_count(self) -> int:
+        return self._computed
+
+    @property
+    def reused_count(self) -> int:
+        return (self._step + 1) * len(self._buffers) - self._computed
+
+    def reset(self) -> None:
+        self._step = -1
+        self._computed = 0
+        self._stored = [False] * len(self._buffers)
+
+    def set_step(self, step_index: int) -> None:
+        if not 0 <= step_index < len(self._table):
+            raise IndexError(f"step {step_index} outside the schedule's K={len(self._table)} "
+                             "steps; the policy's step count must match the schedule.")
+        self._step = step_index
+        self._row = self._table[step_index]
+        self._computed += self._row_counts[step_index]
+
+    def should_compute(self, block_index: int) -> bool:
+        # A block never stored this chunk must compute (guards a misuse, costs one lookup).
+        return self._row[block_index] or not self._stored[block_index]
+
+    def store(self, block_index: int, delta: torch.Tensor) -> None:
+        buf = self._buffers[block_index]
+        if buf is None or buf.shape != delta.shape or buf.dtype != delta.dtype \
+                or buf.device != delta.device:
+            buf = self._buffers[block_index] = torch.empty_like(delta)
+        buf.copy_(delta)
+        self._stored[block_index] = True
+
+    def load(self, block_index: int) -> torch.Tensor:
+        return self._buffers[block_index]

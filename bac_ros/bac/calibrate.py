@@ -1,0 +1,182 @@
+"""Calibration pipeline: observations -> features -> ACS/BUA schedules -> file, plots, table."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from bac_ros.bac.acs import acs_schedule
+from bac_ros.bac.baselines import build_schedule
+from bac_ros.bac.cache import ScheduledBlockCache
+from bac_ros.bac.capture import capture_features
+from bac_ros.bac.flops import model_flops
+from bac_ros.bac.schedule import CacheSchedule, now_iso, save_schedule
+from bac_ros.bac.similarity import caching_error, cosine_similarity_matrix
+
+TABLE_METHODS = ("full", "uniform", "shared_acs", "acs", "bac")
+
+
+@dataclass
+class CalibrationConfig:
+    budget: int = 10  # S: updates per block incl. step 0
+    bua_top_n: int = 5  # n
+    seeds: list[int] = field(default_factory=lambda: [0])
+    max_observations: int = 4
+    force_last_step: bool = False
+    table_budgets: list[int] = field(default_factory=list)  # S values for the table
+    eval_samples: int = 4  # (observation, noise) pairs for the fidelity table
+    timing_repeats: int = 3
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ValueError(f"`budget` (S) must be >= 1. Got {self.budget}.")
+        if self.bua_top_n < 0:
+            raise ValueError(f"`bua_top_n` must be >= 0. Got {self.bua_top_n}.")
+        if not self.seeds:
+            raise ValueError("`seeds` must list at least one noise seed.")
+        if self.max_observations < 1:
+            raise ValueError(f"`max_observations` must be >= 1. Got {self.max_observations}.")
+
+
+@dataclass
+class CalibrationResult:
+    schedule: CacheSchedule
+    similarity: np.ndarray  # (n_blocks, K, K)
+    caching_error: np.ndarray  # (n_blocks,)
+    table: list[dict]
+    stability: dict
+    files: dict[str, str]
+
+
+def load_npz_observations(path: str | Path, policy, limit: int) -> list[dict]:
+    """npz with one array per obs key shaped (N, n_obs_steps, *shape)."""
+    data = np.load(path)
+    keys = list(policy.config.shape_meta.obs)
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ValueError(f"{path}: missing observation arrays {missing}; it has {list(data)}.")
+    n = min(len(data[k]) for k in keys)
+    if n == 0:
+        raise ValueError(f"{path}: holds no observations.")
+    idx = np.linspace(0, n - 1, min(n, limit)).round().astype(int)
+    return [{k: data[k][i:i + 1].astype(np.float32) for k in keys} for i in idx]
+
+
+def schedule_stability(features: torch.Tensor, budget: int, force_last: bool,
+                       reference: list[list[int]]) -> dict:
+    """Mean Jaccard between per-sample ACS sets and the averaged-calibration sets."""
+    n_blocks, N = features.shape[:2]
+    if N < 2:
+        return {"samples": int(N), "mean_jaccard": None}
+    scores = []
+    for s in range(N):
+        for b in range(n_blocks):
+            sim = cosine_similarity_matrix(features[b, s:s + 1]).numpy()
+            steps = set(acs_schedule(sim, budget, force_last))
+            ref = set(reference[b])
+            scores.append(len(steps & ref) / len(steps | ref))
+    return {"samples": int(N), "mean_jaccard": float(np.mean(scores)),
+            "min_jaccard": float(np.min(scores))}
+
+
+def _timed_denoise(policy, cond, noise, cache, repeats):
+    times, out = [], None
+    for _ in range(repeats):
+        gen = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        out = policy.denoise(cond, noise, cache=cache, generator=gen)
+        if out.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return out, float(np.median(times))
+
+
+def fidelity_table(policy, observations, schedules: list[CacheSchedule], samples: int,
+                   repeats: int) -> list[dict]:
+    """Action error vs full (same noise) and denoiser time, measured side by side."""
+    blocks = policy.model.blocks()
+    pairs = [(o, s) for s in range(max(1, samples)) for o in observations][:max(1, samples)]
+    rows = []
+    for sched in schedules:
+        cache = None if sched.method == "full" else ScheduledBlockCache(sched, blocks)
+        err_mean, err_max, t_full, t_method = [], [], [], []
+        for obs, seed in pairs:
+            cond = policy.encode_condition(obs)
+            noise = policy.make_noise(1, torch.Generator().manual_seed(1000 + seed))
+            ref, tf = _timed_denoise(policy, cond, noise, None, repeats)
+            out, tm = _timed_denoise(policy, cond, noise, cache, repeats)
+            diff = (out - ref).abs()  # normalized action units ([-1, 1] range)
+            err_mean.append(diff.mean().item())
+            err_max.append(diff.max().item())
+            t_full.append(tf)
+            t_method.append(tm)
+        rows.append({
+            "method": sched.method, "S": sched.budget, "steps": sched.num_steps,
+            "action_err_mean": float(np.mean(err_mean)), "action_err_max": float(np.max(err_max)),
+            "blocks_computed_frac": round(sched.computed_fraction, 4),
+            "flops_ratio": sched.flops_ratio,
+            "denoise_ms": 1000 * float(np.median(t_method)),
+            "speedup_vs_full": float(np.median(t_full) / np.median(t_method)),
+        })
+    return rows
+
+
+def calibrate(policy, observations: Iterable[Mapping], config: CalibrationConfig,
+              out_path: str | Path, source: str = "python", plots: bool = True,
+              progress: bool = True) -> CalibrationResult:
+    """Calibrate a BAC schedule for ``policy`` at its current step count and save it."""
+    from bac_ros.bac import plots as P
+
+    observations = list(observations)[: config.max_observations]
+    out_path = Path(out_path)
+    blocks = policy.model.blocks()
+    K = policy.num_inference_steps
+    if config.budget > K:
+        raise ValueError(f"budget S={config.budget} exceeds the policy's K={K} steps.")
+    feats = capture_features(policy, observations, config.seeds, progress=progress)
+    sim = np.stack([cosine_similarity_matrix(f).numpy() for f in feats])
+    err = np.array([caching_error(f).item() for f in feats])
+    flops = model_flops(policy.model)
+    calib = {"source": str(source), "observations": len(observations),
+             "seeds": list(config.seeds), "samples": int(feats.shape[1]), "date": now_iso()}
+    common = dict(blocks=blocks, K=K, fingerprint=policy.fingerprint,
+                  scheduler_type=policy.config.scheduler.type, similarity=sim,
+                  caching_error=err, bua_top_n=config.bua_top_n,
+                  force_last_step=config.force_last_step, calibration=calib, flops=flops)
+    schedule = build_schedule("bac", budget=config.budget, **common)
+    save_schedule(schedule, out_path)
+    acs_sets = build_schedule("acs", budget=config.budget, **common).update_steps
+    stability = schedule_stability(feats, config.budget, config.force_last_step, acs_sets)
+
+    budgets = config.table_budgets or [config.budget]
+    table_scheds = [build_schedule("full", budget=K, **common)]
+    for S in budgets:
+        table_scheds += [build_schedule(m, budget=S, **common) for m in TABLE_METHODS[1:]]
+    table = fidelity_table(policy, observations, table_scheds, config.eval_samples,
+                           config.timing_repeats)
+    files = {"schedule": str(out_path)}
+    if plots:
+        stem = out_path.with_suffix("")
+        names = [b.name for b in blocks]
+        files["similarity_png"] = str(P.plot_similarity_grid(
+            sim, names, Path(f"{stem}_similarity.png")))
+        files["schedule_png"] = str(P.plot_schedule_raster(schedule, Path(f"{stem}_schedule.png")))
+        files["error_png"] = str(P.plot_caching_error(
+            err, names, schedule.bua_selected, Path(f"{stem}_caching_error.png")))
+    return CalibrationResult(schedule, sim, err, table, stability, files)
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| method | S | K | action err mean | action err max | blocks computed | "
+            "FLOPs ratio | denoise ms | speedup |\n|---|---|---|---|---|---|---|---|---|\n")
+    body = "".join(
+        f"| {r['method']} | {r['S'] or '-'} | {r['steps']} | {r['action_err_mean']:.4f} | "
+        f"{r['action_err_max']:.4f} | {100 * r['blocks_computed_frac']:.1f}% | "
+        f"{r['flops_ratio'] or 1.0:.2f}x | {r['denoise_ms']:.1f} | {r['speedup_vs_full']:.2f}x |\n"
+        for r in rows)
+    return head + body

@@ -1,0 +1,48 @@
+"""Helpers shared by the subcommands: policy loading and JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"
+DEFAULT_POLICY = REPO_DATA / "policies" / "pusht_image.safetensors"
+
+
+def add_policy_args(parser, required: bool = False) -> None:
+    parser.add_argument("checkpoint", nargs=None if required else "?", default=None,
+                        help="policy checkpoint (.safetensors ours, or diffusion_policy .ckpt); "
+                             "default: the bundled Push-T image policy")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow full-pickle loading of .ckpt files (runs code in the file: "
+                             "only for files you trust)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps K (default: the checkpoint's)")
+    parser.add_argument("--scheduler", choices=("ddpm", "ddim"), default=None,
+                        help="override the noise scheduler type (e.g. ddim for fewer steps)")
+
+
+def load_policy_from_args(args):
+    import dataclasses
+
+    from bac_ros.engine.checkpoint import load_policy
+    from bac_ros.engine.schedulers import build_scheduler
+
+    path = args.checkpoint or DEFAULT_POLICY
+    policy = load_policy(path, device=args.device, allow_pickle=args.allow_pickle)
+    if args.scheduler and args.scheduler != policy.config.scheduler.type:
+        cfg = dataclasses.replace(policy.config.scheduler, type=args.scheduler,
+                                  num_inference_steps=args.steps or
+                                  policy.config.scheduler.num_inference_steps)
+        policy.config.scheduler = cfg
+        policy.scheduler = build_scheduler(cfg)
+    if args.steps:
+        policy.set_num_inference_steps(args.steps)
+    return policy
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
