@@ -8,7 +8,7 @@ a downstream FFN recomputes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,6 +40,6 @@ def bubbling_union(
     ffn_sets = {b.layer: set(update_steps[b.index]) for b in blocks if b.kind is BlockKind.FFN}
     for u in selected:
         layer = blocks[u].layer
-        extra = set().union(*[s for l, s in ffn_sets.items() if l >= layer])
+        extra = set().union(*[s for lyr, s in ffn_sets.items() if lyr >= layer])
         sets[u] = sorted(set(sets[u]) | extra)
     return sets, selected

@@ -6,7 +6,7 @@ hooks stay registered, the inference path is untouched.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from tqdm import tqdm
@@ -38,7 +38,7 @@ def capture_features(policy, observations: Iterable[Mapping], seeds: Iterable[in
             noise = policy.make_noise(1, gen)
             feats: list[list[torch.Tensor | None]] = [[None] * K for _ in range(n_blocks)]
 
-            def observer(k, b, delta):
+            def observer(k, b, delta, feats=feats):
                 feats[b][k] = delta[0].float().flatten().cpu()
 
             policy.denoise(cond, noise, observer=observer, generator=gen)

@@ -12,8 +12,9 @@ the engine can implement it without depending on the rest of BAC.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Optional, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -55,9 +56,9 @@ class BlockCache(Protocol):
 
     def should_compute(self, block_index: int) -> bool: ...
 
-    def store(self, block_index: int, delta: "torch.Tensor") -> None: ...
+    def store(self, block_index: int, delta: torch.Tensor) -> None: ...
 
-    def load(self, block_index: int) -> "torch.Tensor": ...
+    def load(self, block_index: int) -> torch.Tensor: ...
 
     @property
     def computed_count(self) -> int:
@@ -78,9 +79,9 @@ class CacheableDenoiser(Protocol):
 
     def forward(
         self,
-        sample: "torch.Tensor",
-        timestep: "torch.Tensor | int",
-        cond: Optional["torch.Tensor"] = None,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        cond: Optional[torch.Tensor] = None,
         cache: Optional[BlockCache] = None,
         observer: Optional[BlockObserver] = None,
-    ) -> "torch.Tensor": ...
+    ) -> torch.Tensor: ...

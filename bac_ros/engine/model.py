@@ -9,7 +9,8 @@ unchanged, and the output matches torch's layer in eval mode.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 import torch.nn as nn

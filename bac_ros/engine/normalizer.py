@@ -6,7 +6,7 @@ and ``params_dict.<field>.input_stats.min|max|mean|std``.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

@@ -8,8 +8,9 @@ executed slice is ``To-1 .. To-1+n_action_steps`` of the predicted horizon.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Optional
 
 import numpy as np
 import torch

@@ -44,7 +44,7 @@ def test_budget_errors():
 
 def _blocks(n_layers):
     kinds = [BlockKind.SELF_ATTN, BlockKind.CROSS_ATTN, BlockKind.FFN]
-    return [BlockInfo(3 * l + i, l, k) for l in range(n_layers) for i, k in enumerate(kinds)]
+    return [BlockInfo(3 * li + i, li, k) for li in range(n_layers) for i, k in enumerate(kinds)]
 
 
 def test_bua_unions_downstream_ffn_sets():

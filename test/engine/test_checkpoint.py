@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from bac_ros.engine.checkpoint import CheckpointError, UnsupportedArchitectureError, load_policy
-from bac_ros.engine.checkpoint import save_policy
+from bac_ros.engine.checkpoint import (
+    CheckpointError,
+    UnsupportedArchitectureError,
+    load_policy,
+    save_policy,
+)
 from bac_ros.engine.testing import (
     lowdim_dp_policy,
     make_tiny_policy,
@@ -85,8 +89,8 @@ def test_truncated_and_missing_files(tmp_path):
 
 def test_missing_key_and_shape_mismatch(tmp_path):
     """Weights that do not fit the config are named in the error."""
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     p = make_tiny_policy("lowdim")
     path = save_policy(p, tmp_path / "p.safetensors")
