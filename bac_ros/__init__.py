@@ -5,6 +5,12 @@ schedules, cached execution; no ROS), ``node`` (the ROS 2 node), ``pusht``
 (reference task, demos, training, evaluation), ``cli`` (the ``bac`` command).
 """
 
+import pkgutil
+
+# The rosidl-generated ``bac_ros.msg`` is installed into site-packages as a namespace
+# portion (scripts/bootstrap.sh, colcon); merge it with these sources.
+__path__ = pkgutil.extend_path(__path__, __name__)
+
 __version__ = "0.1.0"
 
 
