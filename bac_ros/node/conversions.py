@@ -1,0 +1,134 @@
+"""ROS messages -> numpy observations, with the checks a robot needs (no rclpy import).
+
+Uses cv_bridge when it is importable (ROS installs); otherwise an equivalent numpy
+conversion. PyPI's ``cv-bridge`` is the ROS 1 port and breaks with numpy 2, so it is
+never a dependency (see ROS2_NOTES.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2  # imported up front: a first import inside a callback stalls the node for seconds
+import numpy as np
+
+CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+class InputError(ValueError):
+    """A message that cannot become an observation; ``kind`` names the counter."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _cv_bridge():
+    try:
+        from cv_bridge import CvBridge  # type: ignore
+
+        return CvBridge()
+    except Exception:  # noqa: BLE001 - any import problem means "not available"
+        return None
+
+
+class ImageConverter:
+    """sensor_msgs/Image or CompressedImage -> float32 (3, H, W) in [0, 1], RGB."""
+
+    def __init__(self, out_hw: tuple[int, int], use_cv_bridge: bool = True,
+                 max_aspect_error: float = 0.02):
+        self.out_hw = tuple(out_hw)
+        self.bridge = _cv_bridge() if use_cv_bridge else None
+        self.max_aspect_error = max_aspect_error
+
+    def from_image(self, msg) -> np.ndarray:
+        enc = msg.encoding.lower()
+        if enc not in CHANNELS:
+            raise InputError("bad_encoding", f"unsupported image encoding {msg.encoding!r}; "
+                             f"publish one of {sorted(CHANNELS)}")
+        h, w, c = int(msg.height), int(msg.width), CHANNELS[enc]
+        data = msg.data
+        if h == 0 or w == 0 or len(data) == 0:
+            raise InputError("bad_image", f"empty image ({w}x{h}, {len(data)} bytes)")
+        if msg.step < w * c or len(data) != msg.step * h:
+            raise InputError("bad_image", f"image step/data mismatch: {w}x{h} {enc} needs step"
+                             f" >= {w * c} and len(data) == step*height; got step {msg.step}, "
+                             f"{len(data)} bytes")
+        if self.bridge is not None:
+            rgb = self.bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
+        else:
+            buf = as_uint8(data)
+            img = buf.reshape(h, msg.step)[:, : w * c].reshape(h, w, c)
+            rgb = to_rgb(img, enc)
+        return self._finish(rgb)
+
+    def from_compressed(self, msg) -> np.ndarray:
+        buf = as_uint8(msg.data)
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+        if bgr is None:
+            raise InputError("bad_image", f"compressed image ({msg.format!r}, {buf.size} bytes)"
+                             " failed to decode")
+        return self._finish(bgr[..., ::-1])
+
+    def _finish(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        oh, ow = self.out_hw
+        if (h, w) != (oh, ow):
+            if abs((w / h) / (ow / oh) - 1) > self.max_aspect_error:
+                raise InputError("bad_image_size", f"image is {w}x{h} but the policy expects "
+                                 f"{ow}x{oh} (aspect ratio differs; crop the camera stream)")
+            interp = cv2.INTER_AREA if h > oh else cv2.INTER_LINEAR
+            rgb = cv2.resize(np.ascontiguousarray(rgb), (ow, oh), interpolation=interp)
+        return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def as_uint8(data) -> np.ndarray:
+    """Message byte arrays arrive as array.array / bytes / lists depending on the path."""
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except TypeError:
+        return np.asarray(data, dtype=np.uint8)
+
+
+def to_rgb(img: np.ndarray, encoding: str) -> np.ndarray:
+    if encoding == "rgb8":
+        return img
+    if encoding == "bgr8":
+        return img[..., ::-1]
+    if encoding == "rgba8":
+        return img[..., :3]
+    if encoding == "bgra8":
+        return img[..., 2::-1]
+    if encoding == "mono8":
+        return np.repeat(img, 3, axis=2)
+    raise InputError("bad_encoding", f"unsupported image encoding {encoding!r}")
+
+
+class JointStateMapper:
+    """sensor_msgs/JointState -> {obs key: vector} by joint NAME (wire order may differ)."""
+
+    def __init__(self, key_names: dict[str, Sequence[str]]):
+        self.key_names = {k: list(v) for k, v in key_names.items()}
+
+    def __call__(self, msg) -> dict[str, np.ndarray]:
+        names, pos = list(msg.name), list(msg.position)
+        if len(names) != len(pos):
+            raise InputError("bad_joint_state", f"JointState has {len(names)} names but "
+                             f"{len(pos)} positions")
+        if len(set(names)) != len(names):
+            dups = sorted({n for n in names if names.count(n) > 1})
+            raise InputError("bad_joint_state", f"duplicate joint names {dups}")
+        index = {n: i for i, n in enumerate(names)}
+        out = {}
+        for key, wanted in self.key_names.items():
+            missing = [n for n in wanted if n not in index]
+            if missing:
+                raise InputError("missing_joint", f"JointState lacks joints {missing} needed "
+                                 f"for observation {key!r} (has {names[:8]})")
+            vec = np.array([pos[index[n]] for n in wanted], dtype=np.float32)
+            if not all(math.isfinite(v) for v in vec):
+                raise InputError("nonfinite_joint", f"JointState has NaN/inf in {key!r}: "
+                                 f"{vec.tolist()}")
+            out[key] = vec
+        return out

@@ -1,0 +1,134 @@
+"""NodeConfig: the single source of the node's defaults, ranges and descriptions.
+
+ROS parameters are declared from these fields (dots in ROS names map to underscores
+here, e.g. ``bac.enabled`` <-> ``bac_enabled``); a runtime change builds a candidate
+config and is rejected with this dataclass's own error when invalid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from bac_ros.node.handover import MODES
+
+
+def meta(description: str, read_only: bool = False, lo=None, hi=None, ros_name: str = ""):
+    return {"description": description, "read_only": read_only, "range": (lo, hi),
+            "ros_name": ros_name}
+
+
+@dataclass
+class NodeConfig:
+    # -- model (read-only: changing them needs a restart) --------------------------------
+    checkpoint: str = field(default="", metadata=meta(
+        "policy checkpoint: .safetensors (bac_ros) or .ckpt (diffusion_policy)", True))
+    allow_pickle_checkpoint: bool = field(default=False, metadata=meta(
+        "allow full-pickle .ckpt loading (runs code in the file: trusted files only)", True))
+    device: str = field(default="cpu", metadata=meta("cpu, cuda or cuda:N", True))
+    dtype: str = field(default="float32", metadata=meta(
+        "float32, float16 or bfloat16 (autocast on CUDA)", True))
+    warmup_iterations: int = field(default=2, metadata=meta(
+        "inferences run at start to warm up the device", True, 0, 100))
+    seed: int = field(default=0, metadata=meta(
+        "noise seed; every chunk draws its noise from seed + chunk_id (reproducible)", True,
+        0, 2**31 - 1))
+    # -- BAC --------------------------------------------------------------------------------
+    schedule: str = field(default="", metadata=meta(
+        "BAC cache schedule file from `bac calibrate` ('' = full compute)", True))
+    bac_enabled: bool = field(default=True, metadata=meta(
+        "use the BAC schedule (switchable at runtime)", ros_name="bac.enabled"))
+    bac_allow_fingerprint_mismatch: bool = field(default=False, metadata=meta(
+        "experts: use a schedule calibrated for another checkpoint", True,
+        ros_name="bac.allow_fingerprint_mismatch"))
+    bac_fallback_to_full: bool = field(default=False, metadata=meta(
+        "if the schedule is unusable, run full compute instead of refusing to start", True,
+        ros_name="bac.fallback_to_full"))
+    num_inference_steps: int = field(default=0, metadata=meta(
+        "denoising steps K (0 = the checkpoint's); must equal the schedule's K while BAC is "
+        "enabled", False, 0, 1000))
+    # -- topics -------------------------------------------------------------------------------
+    image_topics: list[str] = field(default_factory=lambda: ["/camera/image_raw"], metadata=meta(
+        "sensor_msgs/Image topics, one per rgb observation key in shape_meta order", True))
+    compressed_images: bool = field(default=False, metadata=meta(
+        "subscribe sensor_msgs/CompressedImage on the image topics instead", True))
+    joint_state_topic: str = field(default="/joint_states", metadata=meta(
+        "sensor_msgs/JointState topic for the low-dim observation keys", True))
+    qos_reliable: bool = field(default=False, metadata=meta(
+        "RELIABLE input QoS (default: sensor-data QoS, best effort)", True))
+    command_type: str = field(default="joint_state", metadata=meta(
+        "control stream message: joint_state, float64_multi_array or none", True))
+    publish_trajectory: bool = field(default=True, metadata=meta(
+        "also publish trajectory_msgs/JointTrajectory (joint_trajectory_controller)", True))
+    # -- timing -------------------------------------------------------------------------------
+    control_rate_hz: float = field(default=10.0, metadata=meta(
+        "rate of the command stream", False, 0.5, 1000.0))
+    n_execute: int = field(default=0, metadata=meta(
+        "actions executed per chunk (0 = the policy's n_action_steps)", False, 0, 1000))
+    replan_remaining: int = field(default=2, metadata=meta(
+        "start the next inference when this many actions of the current chunk remain", False,
+        0, 1000))
+    replan_rate_hz: float = field(default=0.0, metadata=meta(
+        "fixed replanning rate instead of the remaining-actions trigger (0 = off)", False,
+        0.0, 1000.0))
+    handover: str = field(default="replace", metadata=meta(
+        "chunk hand-over: replace, temporal_ensemble or blend"))
+    ensemble_decay: float = field(default=0.01, metadata=meta(
+        "temporal_ensemble weight decay m (ACT)", False, 0.0, 10.0))
+    blend_steps: int = field(default=3, metadata=meta(
+        "blend: cross-fade length in control ticks", False, 1, 100))
+    max_obs_age_s: float = field(default=0.5, metadata=meta(
+        "never act on observations older than this", False, 0.01, 60.0))
+    sync_tolerance_s: float = field(default=0.03, metadata=meta(
+        "max stamp distance when matching cameras and joint states", False, 0.0, 1.0))
+    obs_period_s: float = field(default=0.0, metadata=meta(
+        "spacing of the n_obs_steps frames (0 = the policy's control period)", True, 0.0, 10.0))
+    max_future_stamp_s: float = field(default=0.05, metadata=meta(
+        "reject stamps further than this in the future", False, 0.0, 10.0))
+    latency_window: int = field(default=100, metadata=meta(
+        "inferences in the rolling p50/p95/p99", False, 1, 100000))
+    # -- safety -------------------------------------------------------------------------------
+    action_min: list[float] = field(default_factory=list, metadata=meta(
+        "per-dimension lower action limits ([] = none)"))
+    action_max: list[float] = field(default_factory=list, metadata=meta(
+        "per-dimension upper action limits ([] = none)"))
+    limit_mode: str = field(default="clamp", metadata=meta(
+        "out-of-limit actions: clamp, or reject the chunk"))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            lo, hi = f.metadata["range"]
+            v = getattr(self, f.name)
+            if lo is not None and not lo <= v <= hi:
+                raise ValueError(f"`{ros_name(f)}` must be in [{lo}, {hi}]. Got {v}.")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"`dtype` must be float32, float16 or bfloat16. Got {self.dtype!r}.")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"`device` must be cpu, cuda or cuda:N. Got {self.device!r}.")
+        if self.handover not in MODES:
+            raise ValueError(f"`handover` must be one of {MODES}. Got {self.handover!r}.")
+        if self.command_type not in ("joint_state", "float64_multi_array", "none"):
+            raise ValueError("`command_type` must be joint_state, float64_multi_array or none. "
+                             f"Got {self.command_type!r}.")
+        if self.limit_mode not in ("clamp", "reject"):
+            raise ValueError(f"`limit_mode` must be clamp or reject. Got {self.limit_mode!r}.")
+        if len(self.action_min) != len(self.action_max):
+            raise ValueError("`action_min` and `action_max` must have the same length "
+                             f"({len(self.action_min)} vs {len(self.action_max)}).")
+        if any(lo > hi for lo, hi in zip(self.action_min, self.action_max)):
+            raise ValueError("`action_min` must be <= `action_max` in every dimension.")
+
+    def replace(self, **changes: Any) -> NodeConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def ros_name(f: dataclasses.Field) -> str:
+    return f.metadata["ros_name"] or f.name
+
+
+def parameter_table() -> list[tuple[str, str, Any, bool, str]]:
+    """(ros name, field name, default, read_only, description) for docs and declaration."""
+    default = NodeConfig()
+    return [(ros_name(f), f.name, getattr(default, f.name), f.metadata["read_only"],
+             f.metadata["description"]) for f in dataclasses.fields(NodeConfig)]

@@ -1,0 +1,436 @@
+"""The bac_ros policy node: observations in, action chunks out at control rate.
+
+Threads: one executor thread serves subscriptions, the control-rate timer and diagnostics
+(every callback is short: a conversion, a lookup, a publish); inference runs on a dedicated
+worker thread (one at a time, newest observation wins), so no callback ever waits on the
+GPU. A SingleThreadedExecutor is deliberate: measured here, rclpy's MultiThreadedExecutor
+spent so long rebuilding wait sets that best-effort camera/joint messages were dropped
+(28 of 100 joint states received at 100 Hz), while the single-threaded one kept up.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+import traceback
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from bac_ros.msg import ActionChunk, InferenceLatency
+from bac_ros.node.conversions import ImageConverter, InputError, JointStateMapper
+from bac_ros.node.handover import ActionScheduler, Chunk
+from bac_ros.node.obs_buffer import ObservationBuffer
+from bac_ros.node.params import NodeConfig, ros_name
+from bac_ros.node.runtime import ChunkRejected, ConfigureError, PolicyRuntime
+
+_PTYPES = {bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
+           str: Parameter.Type.STRING, "list[str]": Parameter.Type.STRING_ARRAY,
+           "list[float]": Parameter.Type.DOUBLE_ARRAY}
+
+
+def stamp_s(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def to_stamp(t_s: float):
+    from builtin_interfaces.msg import Time
+
+    sec = int(np.floor(t_s))
+    return Time(sec=sec, nanosec=int(round((t_s - sec) * 1e9)) % 1_000_000_000)
+
+
+class PolicyNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("bac_policy", **kwargs)
+        self._fields = {ros_name(f): f for f in dataclasses.fields(NodeConfig)}
+        self.cfg = self._declare_parameters()
+        self.counters = collections.Counter()
+        self.warning = ""
+        self._recent_errors = 0
+        self._chunk_id = 0
+        self._latencies: collections.deque = collections.deque(maxlen=self.cfg.latency_window)
+        self._chunk_times: collections.deque = collections.deque(maxlen=self.cfg.latency_window)
+        self._last_trigger_s = -1e9
+        self._configure()
+        self._activate()
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _declare_parameters(self) -> NodeConfig:
+        default = NodeConfig()
+        values = {}
+        for name, f in self._fields.items():
+            lo, hi = f.metadata["range"]
+            d = ParameterDescriptor(description=f.metadata["description"],
+                                    read_only=f.metadata["read_only"])
+            value = getattr(default, f.name)
+            if isinstance(value, bool):
+                pass
+            elif isinstance(value, int) and lo is not None:
+                d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+            elif isinstance(value, float) and lo is not None:
+                d.floating_point_range = [FloatingPointRange(from_value=float(lo),
+                                                             to_value=float(hi), step=0.0)]
+            if isinstance(value, list) and not value:
+                ptype = Parameter.Type.DOUBLE_ARRAY if "float" in str(f.type) else \
+                    Parameter.Type.STRING_ARRAY
+                p = self.declare_parameter(name, ptype, d)
+            else:
+                p = self.declare_parameter(name, value, d)
+            values[f.name] = p.value if p.value is not None else []
+        cfg = NodeConfig(**values)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        return cfg
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        changes = {}
+        for p in params:
+            f = self._fields.get(p.name)
+            if f is None:
+                continue
+            value = p.value
+            if isinstance(getattr(self.cfg, f.name), float) and isinstance(value, int) \
+                    and not isinstance(value, bool):
+                value = float(value)
+            changes[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+        try:
+            cand = self.cfg.replace(**changes)
+            self._check_runtime_constraints(cand)
+        except (ValueError, TypeError) as exc:
+            self.counters["rejected_parameters"] += 1
+            self.get_logger().warning(f"parameter change rejected: {exc}")
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.cfg = cand
+        if hasattr(self, "actions"):
+            self.actions.configure(cand.handover, cand.ensemble_decay, cand.blend_steps)
+        if "control_rate_hz" in changes and hasattr(self, "_control_timer"):
+            self._control_timer.timer_period_ns = int(1e9 / cand.control_rate_hz)
+            self._control_timer.reset()
+        return SetParametersResult(successful=True)
+
+    def _check_runtime_constraints(self, cand: NodeConfig) -> None:
+        rt = getattr(self, "runtime", None)
+        if rt is None:
+            return
+        steps = cand.num_inference_steps or rt.config.scheduler.num_inference_steps
+        if cand.bac_enabled and rt.schedule is not None and cand.num_inference_steps and \
+                steps != rt.schedule.num_steps:
+            raise ValueError(f"num_inference_steps={steps} but the BAC schedule was calibrated "
+                             f"for K={rt.schedule.num_steps}; disable bac.enabled first")
+        if cand.action_min and len(cand.action_min) != rt.config.shape_meta.action_dim:
+            raise ValueError(f"action limits need {rt.config.shape_meta.action_dim} values")
+        n_exec = cand.n_execute or rt.config.n_action_steps
+        if n_exec > rt.config.horizon - rt.config.n_obs_steps + 1:
+            raise ValueError(f"n_execute={n_exec} exceeds the predicted actions available "
+                             f"({rt.config.horizon - rt.config.n_obs_steps + 1})")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def _configure(self) -> None:
+        cfg, log = self.cfg, self.get_logger()
+        self.runtime = PolicyRuntime(cfg, log=log.warning)
+        pc = self.runtime.config
+        self._check_runtime_constraints(cfg)
+        if cfg.warmup_iterations:
+            t = time.perf_counter()
+            self.runtime.warmup(cfg.warmup_iterations)
+            log.info(f"warm-up: {cfg.warmup_iterations} inferences in "
+                     f"{1000 * (time.perf_counter() - t):.0f} ms")
+        rgb_keys, low_keys = pc.shape_meta.rgb_keys, pc.shape_meta.low_dim_keys
+        if len(cfg.image_topics) < len(rgb_keys):
+            raise ConfigureError(f"the policy has {len(rgb_keys)} cameras {rgb_keys} but only "
+                                 f"{len(cfg.image_topics)} image_topics are configured")
+        names = {k: pc.obs_low_dim_names.get(k) for k in low_keys}
+        missing = [k for k, v in names.items() if not v]
+        if missing:
+            raise ConfigureError(f"the checkpoint does not name the joints of {missing} "
+                                 "(PolicyConfig.obs_low_dim_names); re-export it with names")
+        self.joint_mapper = JointStateMapper(names)
+        period = cfg.obs_period_s or pc.control_period_s
+        sources = [f"camera:{k}" for k in rgb_keys] + (["joints"] if low_keys else [])
+        self.buffer = ObservationBuffer(sources, pc.n_obs_steps, period, cfg.sync_tolerance_s,
+                                        max_future_s=cfg.max_future_stamp_s)
+        self.actions = ActionScheduler(cfg.handover, cfg.ensemble_decay, cfg.blend_steps)
+        self.action_names = pc.action_names or [f"a{i}" for i in range(pc.shape_meta.action_dim)]
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE) if cfg.qos_reliable \
+            else qos_profile_sensor_data
+        self._inputs = MutuallyExclusiveCallbackGroup()
+        for key, topic in zip(rgb_keys, cfg.image_topics):
+            conv = ImageConverter(pc.shape_meta.obs[key].shape[1:])
+            msg_type = CompressedImage if cfg.compressed_images else Image
+            self.create_subscription(msg_type, topic, lambda m, k=key, c=conv: self._on_image(
+                m, k, c), qos, callback_group=self._inputs)
+        if low_keys:
+            self.create_subscription(JointState, cfg.joint_state_topic, self._on_joints, qos,
+                                     callback_group=self._inputs)
+        self.pub_chunk = self.create_publisher(ActionChunk, "~/action_chunk", 10)
+        self.pub_latency = self.create_publisher(InferenceLatency, "~/inference_latency", 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_traj = self.create_publisher(JointTrajectory, "~/joint_trajectory", 10) \
+            if cfg.publish_trajectory else None
+        self.pub_cmd = None
+        if cfg.command_type == "joint_state":
+            self.pub_cmd = self.create_publisher(JointState, "~/command", 10)
+        elif cfg.command_type == "float64_multi_array":
+            self.pub_cmd = self.create_publisher(Float64MultiArray, "~/command", 10)
+        log.info(f"configured {pc.name} ({self.runtime.policy.fingerprint}) on {cfg.device}, "
+                 f"K={self.runtime.policy.num_inference_steps}, BAC "
+                 f"{'schedule ' + self.runtime.schedule.schedule_id if self.runtime.schedule else 'off'}"
+                 f", inputs {cfg.image_topics[:len(rgb_keys)]} + "
+                 f"{cfg.joint_state_topic if low_keys else '-'}")
+
+    def _activate(self) -> None:
+        self._control_timer = self.create_timer(
+            1.0 / self.cfg.control_rate_hz, self._on_control_tick,
+            callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0, self._publish_diagnostics,
+                          callback_group=MutuallyExclusiveCallbackGroup())
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._worker_loop, name="bac_inference",
+                                        daemon=True)
+        self._worker.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._worker.join(timeout=5.0)
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _reject(self, err: InputError) -> None:
+        self.counters["rejected_inputs"] += 1
+        self.counters[f"rejected.{err.kind}"] += 1
+        self.warning = str(err)
+        self.get_logger().warning(f"input rejected ({err.kind}): {err}",
+                                  throttle_duration_sec=1.0)
+
+    def _on_image(self, msg, key: str, conv: ImageConverter) -> None:
+        try:
+            arr = conv.from_compressed(msg) if isinstance(msg, CompressedImage) else \
+                conv.from_image(msg)
+            self.buffer.add(f"camera:{key}", stamp_s(msg.header.stamp), {key: arr},
+                            self._now_s(), time.monotonic())
+        except InputError as err:
+            self._reject(err)
+        except Exception as exc:  # noqa: BLE001 - never let a callback kill the executor
+            self._reject(InputError("internal", f"image callback failed: {exc!r}"))
+
+    def _on_joints(self, msg: JointState) -> None:
+        try:
+            values = self.joint_mapper(msg)
+            self.buffer.add("joints", stamp_s(msg.header.stamp), values, self._now_s(),
+                            time.monotonic())
+        except InputError as err:
+            self._reject(err)
+        except Exception as exc:  # noqa: BLE001
+            self._reject(InputError("internal", f"joint callback failed: {exc!r}"))
+
+    # -- control stream -----------------------------------------------------------------------
+    def _on_control_tick(self) -> None:
+        now = self._now_s()
+        due = self.actions.action_at(now)
+        if due is None:
+            self.counters["hold_ticks"] += 1
+        elif self.pub_cmd is not None:
+            action = [float(v) for v in due[0]]
+            if isinstance(self.pub_cmd.msg_type(), JointState):
+                m = JointState(name=self.action_names, position=action)
+                m.header.stamp = self.get_clock().now().to_msg()
+            else:
+                m = Float64MultiArray(data=action)
+            self.pub_cmd.publish(m)
+            self.counters["commands"] += 1
+        if self.cfg.replan_rate_hz > 0:
+            trigger = now - self._last_trigger_s >= 1.0 / self.cfg.replan_rate_hz
+        else:
+            trigger = self.actions.remaining(now) <= self.cfg.replan_remaining
+        if trigger:
+            self._last_trigger_s = now
+            self._wake.set()
+
+    # -- inference worker ---------------------------------------------------------------------
+    def _worker_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._wake.wait(timeout=0.5):
+                continue
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self._infer_once()
+            except Exception as exc:  # noqa: BLE001 - report, count, keep serving
+                self.counters["inference_errors"] += 1
+                self._recent_errors += 1
+                self.warning = f"inference failed: {exc!r}"
+                self.get_logger().error(f"inference failed: {exc!r}\n{traceback.format_exc()}")
+                self._publish_latency_warning()
+
+    def _infer_once(self) -> None:
+        cfg = self.cfg  # one consistent snapshot per inference
+        hist = self.buffer.latest()
+        if hist is None:
+            self.counters["incomplete_observation"] += 1
+            return
+        now = self._now_s()
+        age_s = now - hist.stamp_s
+        if age_s > cfg.max_obs_age_s:
+            self.counters["stale_skips"] += 1
+            self.warning = (f"stale observation: newest complete observation is {age_s:.3f} s old"
+                            f" (max_obs_age_s={cfg.max_obs_age_s}); not acting")
+            self.get_logger().warning(self.warning, throttle_duration_sec=1.0)
+            self._publish_latency_warning(age_s)
+            return
+        rt = self.runtime
+        if cfg.bac_enabled and rt.schedule is not None:
+            rt.set_steps(rt.schedule.num_steps if not cfg.num_inference_steps
+                         else cfg.num_inference_steps)
+        else:
+            rt.set_steps(cfg.num_inference_steps)
+        chunk_id = self._chunk_id + 1
+        if getattr(self, "fault_injector", None) is not None:
+            self.fault_injector(chunk_id)
+        try:
+            res = rt.infer(hist.obs, seed=cfg.seed + chunk_id, use_bac=cfg.bac_enabled,
+                           limits=(cfg.action_min, cfg.action_max), limit_mode=cfg.limit_mode)
+        except ChunkRejected as exc:
+            self.counters["rejected_chunks"] += 1
+            self.warning = str(exc)
+            self.get_logger().error(f"chunk rejected: {exc}")
+            self._publish_latency_warning(age_s)
+            return
+        self._chunk_id = chunk_id
+        self._recent_errors = 0
+        self._publish_chunk(res, hist, chunk_id, cfg)
+
+    def _publish_chunk(self, res, hist, chunk_id: int, cfg: NodeConfig) -> None:
+        pc = self.runtime.config
+        dt = pc.control_period_s
+        n_exec = min(cfg.n_execute or pc.n_action_steps, len(res.actions))
+        publish_s = self._now_s()
+        prev_end = self.actions.exhausted_at()
+        deadline_missed = prev_end is not None and publish_s > prev_end
+        self.actions.add(Chunk(res.actions[:n_exec], hist.stamp_s, dt, chunk_id, publish_s))
+
+        msg = ActionChunk(action_names=self.action_names, action_period_s=dt,
+                          horizon=len(res.actions), action_dim=res.actions.shape[1],
+                          n_execute=n_exec, chunk_id=chunk_id,
+                          schedule_id=self.runtime.schedule.schedule_id if res.bac_used else "")
+        msg.header.stamp = to_stamp(hist.stamp_s)
+        msg.header.frame_id = pc.name
+        msg.first_action_time = to_stamp(hist.stamp_s)
+        msg.actions = res.actions.reshape(-1).astype(np.float32)
+        self.pub_chunk.publish(msg)
+        if self.pub_traj is not None:
+            traj = JointTrajectory(joint_names=self.action_names)
+            traj.header.stamp = to_stamp(hist.stamp_s)
+            for j in range(n_exec):
+                pt = JointTrajectoryPoint(positions=[float(v) for v in res.actions[j]])
+                pt.time_from_start.sec, frac = int(j * dt), j * dt - int(j * dt)
+                pt.time_from_start.nanosec = int(frac * 1e9)
+                traj.points.append(pt)
+            self.pub_traj.publish(traj)
+
+        total_ms = 1000 * (time.monotonic() - hist.received_s)
+        total_ms = max(total_ms, res.preprocess_ms + res.denoise_ms + res.postprocess_ms)
+        self._latencies.append(total_ms)
+        self._chunk_times.append(time.monotonic())
+        self.counters["chunks"] += 1
+        if deadline_missed:
+            self.counters["deadline_misses"] += 1
+        lat = self._latency_msg(1000 * (publish_s - hist.stamp_s))
+        lat.chunk_id = chunk_id
+        lat.preprocess_ms, lat.denoise_ms = res.preprocess_ms, res.denoise_ms
+        lat.postprocess_ms, lat.total_ms = res.postprocess_ms, total_ms
+        lat.denoising_steps, lat.bac_enabled = res.steps, res.bac_used
+        lat.blocks_computed, lat.blocks_reused = res.blocks_computed, res.blocks_reused
+        lat.deadline_missed = deadline_missed
+        lat.warning = ""
+        self.pub_latency.publish(lat)
+
+    def _latency_msg(self, age_ms: float = 0.0) -> InferenceLatency:
+        lat = InferenceLatency(device=self.cfg.device, observation_age_ms=age_ms,
+                               rejected_inputs=self.counters["rejected_inputs"],
+                               stale_skips=self.counters["stale_skips"],
+                               inference_errors=self.counters["inference_errors"],
+                               rejected_chunks=self.counters["rejected_chunks"],
+                               chunk_id=self._chunk_id, warning=self.warning)
+        lat.header.stamp = self.get_clock().now().to_msg()
+        if self._latencies:
+            p50, p95, p99 = np.percentile(np.array(self._latencies), [50, 95, 99])
+            lat.total_p50_ms, lat.total_p95_ms, lat.total_p99_ms = p50, p95, p99
+        if len(self._chunk_times) >= 2:
+            span = self._chunk_times[-1] - self._chunk_times[0]
+            lat.achieved_rate_hz = (len(self._chunk_times) - 1) / span if span > 0 else 0.0
+        return lat
+
+    def _publish_latency_warning(self, age_s: float = 0.0) -> None:
+        self.pub_latency.publish(self._latency_msg(1000 * age_s))
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        c = self.counters
+        problems = ("stale_skips", "rejected_inputs", "deadline_misses", "rejected_chunks",
+                    "inference_errors", "rejected_parameters")
+        prev = getattr(self, "_diag_prev", collections.Counter())
+        recent = {k: c[k] - prev[k] for k in problems if c[k] > prev[k]}
+        self._diag_prev = collections.Counter({k: c[k] for k in problems})
+        status = DiagnosticStatus(name="bac_ros: policy", hardware_id=self.cfg.device)
+        if self._recent_errors >= 3:
+            status.level = DiagnosticStatus.ERROR
+            status.message = f"repeated inference failures: {self.warning}"
+        elif recent:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"{self.warning} (last second: {recent})"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, "serving"
+            self.warning = ""
+        lat = self._latency_msg()
+        values = dict(c)
+        values.update(total_p50_ms=round(lat.total_p50_ms, 3), total_p99_ms=round(
+            lat.total_p99_ms, 3), achieved_rate_hz=round(lat.achieved_rate_hz, 3),
+            bac_enabled=self.cfg.bac_enabled and self.runtime.schedule is not None)
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(values.items())]
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(arr)
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = PolicyNode()
+    except (ConfigureError, ValueError) as exc:
+        rclpy.logging.get_logger("bac_policy").fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,143 @@
+"""PolicyRuntime: the node's ROS-free inference core (load, warm up, infer with timing)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bac_ros.bac.cache import ScheduledBlockCache
+from bac_ros.bac.schedule import CacheSchedule, ScheduleError, load_schedule
+from bac_ros.engine.checkpoint import load_policy
+from bac_ros.node.params import NodeConfig
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ConfigureError(RuntimeError):
+    """The node cannot start with this configuration; the message says why."""
+
+
+class ChunkRejected(ValueError):
+    """A predicted chunk must not be published (NaN/inf, or outside limits in reject mode)."""
+
+
+@dataclass
+class InferenceResult:
+    actions: np.ndarray  # (horizon - To + 1, Da): from the newest observation's slot on
+    preprocess_ms: float
+    denoise_ms: float
+    postprocess_ms: float
+    steps: int
+    blocks_computed: int
+    blocks_reused: int
+    bac_used: bool
+
+
+class PolicyRuntime:
+    def __init__(self, cfg: NodeConfig, log=print):
+        self.log = log
+        if not cfg.checkpoint:
+            raise ConfigureError("parameter `checkpoint` is empty: give a .safetensors policy "
+                                 "(or a diffusion_policy .ckpt with allow_pickle_checkpoint).")
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigureError(f"device {cfg.device!r} requested but CUDA is not available "
+                                 "on this machine; set device:=cpu.")
+        try:
+            self.policy = load_policy(cfg.checkpoint, device=self.device,
+                                      allow_pickle=cfg.allow_pickle_checkpoint)
+        except (ValueError, OSError) as exc:
+            raise ConfigureError(str(exc)) from exc
+        if cfg.num_inference_steps:
+            self.policy.set_num_inference_steps(cfg.num_inference_steps)
+        self.dtype = _DTYPES[cfg.dtype]
+        self.schedule: CacheSchedule | None = None
+        self.cache: ScheduledBlockCache | None = None
+        if cfg.schedule:
+            try:
+                if not cfg.num_inference_steps:  # follow the schedule's K by default
+                    k = load_schedule(cfg.schedule).num_steps
+                    self.policy.set_num_inference_steps(k)
+                self.schedule = load_schedule(cfg.schedule, policy=self.policy,
+                                              allow_mismatch=cfg.bac_allow_fingerprint_mismatch)
+                self.cache = ScheduledBlockCache(self.schedule, self.policy.model.blocks())
+            except ScheduleError as exc:
+                if not cfg.bac_fallback_to_full:
+                    raise ConfigureError(f"refusing to start with BAC: {exc} (set "
+                                         "bac.fallback_to_full:=true to run full compute "
+                                         "instead)") from exc
+                log(f"BAC disabled, running full compute: {exc}")
+        self.n_blocks = len(self.policy.model.blocks())
+
+    @property
+    def config(self):
+        return self.policy.config
+
+    def bac_available(self, steps: int) -> bool:
+        return self.schedule is not None and self.schedule.num_steps == steps
+
+    def set_steps(self, steps: int) -> None:
+        steps = steps or self.policy.config.scheduler.num_inference_steps
+        if steps != self.policy.num_inference_steps:
+            self.policy.set_num_inference_steps(steps)
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def infer(self, obs: dict[str, np.ndarray], seed: int, use_bac: bool,
+              limits: tuple[list[float], list[float]] | None = None,
+              limit_mode: str = "clamp") -> InferenceResult:
+        """One chunk. Noise comes from ``seed``, exactly as ``policy.predict(obs, generator=
+        torch.Generator().manual_seed(seed))`` draws it, so results are reproducible offline."""
+        p = self.policy
+        use_bac = use_bac and self.bac_available(p.num_inference_steps)
+        cache = self.cache if use_bac else None
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(seed)
+        with self._autocast():
+            cond = p.encode_condition(obs)
+            noise = p.make_noise(cond.shape[0], gen)
+            self._sync()
+            t1 = time.perf_counter()
+            naction = p.denoise(cond, noise, cache=cache, generator=gen)
+            self._sync()
+        t2 = time.perf_counter()
+        action_pred = p.normalizer.unnormalize("action", naction.float())[0].cpu().numpy()
+        start = p.config.n_obs_steps - 1
+        actions = action_pred[start:].astype(np.float32)
+        if not np.isfinite(actions).all():
+            raise ChunkRejected("predicted actions contain NaN/inf; chunk dropped")
+        if limits and limits[0]:
+            lo, hi = np.asarray(limits[0], np.float32), np.asarray(limits[1], np.float32)
+            if lo.shape[0] != actions.shape[1]:
+                raise ChunkRejected(f"action limits have {lo.shape[0]} dims but actions have "
+                                    f"{actions.shape[1]}; fix action_min/action_max")
+            outside = (actions < lo) | (actions > hi)
+            if outside.any():
+                if limit_mode == "reject":
+                    raise ChunkRejected(f"{int(outside.sum())} action values outside the limits;"
+                                        " chunk rejected (limit_mode=reject)")
+                actions = np.clip(actions, lo, hi)
+        t3 = time.perf_counter()
+        total = self.n_blocks * p.num_inference_steps
+        computed = cache.computed_count if cache is not None else total
+        return InferenceResult(actions, 1000 * (t1 - t0), 1000 * (t2 - t1), 1000 * (t3 - t2),
+                               p.num_inference_steps, computed, total - computed, use_bac)
+
+    def warmup(self, iterations: int) -> None:
+        from bac_ros.engine.testing import random_obs
+
+        obs = random_obs(self.policy)
+        for i in range(iterations):
+            self.infer(obs, seed=i, use_bac=True)
