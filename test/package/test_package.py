@@ -13,9 +13,8 @@ BIN = Path(sys.prefix) / "bin"
 
 def test_messages_roundtrip_rclpy_serialization():
     """rosidl-generated ActionChunk / InferenceLatency serialize and deserialize via rclpy."""
-    from rclpy.serialization import deserialize_message, serialize_message
-
     from bac_ros.msg import ActionChunk, InferenceLatency
+    from rclpy.serialization import deserialize_message, serialize_message
 
     m = ActionChunk(action_names=["agent_x", "agent_y"], action_period_s=0.1, horizon=3,
                     action_dim=2, n_execute=2, chunk_id=7, schedule_id="abc")

@@ -1,0 +1,239 @@
+"""The real node over real DDS topics: bag replay, offline agreement, live parameters,
+bad input, fault handling."""
+
+import array
+import time
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
+
+from bac_ros.engine.checkpoint import load_policy
+from bac_ros.node.replay import LiveNode, read_bag
+
+
+def _wait(pred, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="module")
+def messages(bag):
+    return read_bag(bag)
+
+
+def test_replay_bag_through_node(tiny_files, messages):
+    """Chunks at the expected rate, offline-identical actions, consistent latency, 10 Hz
+    command stream, and a mid-replay parameter change that takes effect."""
+    used = []
+    with LiveNode({"checkpoint": tiny_files["checkpoint"],
+                   "schedule": tiny_files["schedule"]}) as live:
+        infer = live.node.runtime.infer
+
+        def spy(obs, seed, use_bac, **kw):  # records what the real runtime was given
+            res = infer(obs, seed, use_bac, **kw)
+            used.append((seed, use_bac, {k: v.copy() for k, v in obs.items()}, res))
+            return res
+
+        live.node.runtime.infer = spy
+        half = len(messages) // 2
+        live.probe.replay(messages[:half])
+        r = live.node.set_parameters([Parameter("bac.enabled", value=False)])
+        assert r[0].successful
+        n_bac = len(live.probe.result.chunks)
+        live.probe.replay(messages[half:])
+        time.sleep(0.5)
+        res = live.probe.result
+
+    chunks = [m for _, m in res.chunks]
+    duration_s = (messages[-1][0] - messages[0][0]) * 1e-9
+    # 8 actions per chunk, replan at 2 remaining -> one chunk per ~0.6-0.8 s
+    assert 0.6 * duration_s / 0.8 <= len(chunks) <= 2.0 * duration_s / 0.6, len(chunks)
+    # offline agreement: same checkpoint, same observations, same noise seed
+    policy = load_policy(tiny_files["checkpoint"])
+    by_id = {m.chunk_id: m for m in chunks}
+    checked = 0
+    for seed, use_bac, obs, _ in used[-6:]:
+        chunk_id = seed  # node seed parameter is 0: seed == chunk_id
+        if chunk_id not in by_id or use_bac:
+            continue
+        pred = policy.predict(obs, generator=torch.Generator().manual_seed(seed))
+        got = np.asarray(by_id[chunk_id].actions).reshape(-1, 2)
+        np.testing.assert_allclose(got, pred.action_pred[0, 1:], rtol=1e-5, atol=1e-4)
+        checked += 1
+    assert checked >= 1
+    # latency messages: parts <= total, block counts follow the schedule, BAC then full
+    lats = [m for m in res.latencies if not m.warning]
+    assert lats and all(m.total_ms + 1e-6 >= m.preprocess_ms + m.denoise_ms + m.postprocess_ms
+                        for m in lats)
+    sched = tiny_files["sched"]
+    bac = [m for m in lats if m.bac_enabled]
+    full = [m for m in lats if not m.bac_enabled]
+    assert bac and full and n_bac >= 1
+    assert all(m.blocks_computed == sum(len(s) for s in sched.update_steps) for m in bac)
+    assert all(m.blocks_reused == 0 and m.blocks_computed == 10 * sched.n_blocks for m in full)
+    assert all(c.schedule_id == sched.schedule_id for c in chunks[:n_bac])
+    assert chunks[-1].schedule_id == ""
+    # control stream at control_rate_hz (10 Hz) within tolerance while chunks were available
+    t = np.array([t for t, _ in res.commands])
+    rate = (len(t) - 1) / (t[-1] - t[0])
+    assert 8.0 <= rate <= 12.0, rate
+
+
+def _publish(live, topic, msg, n=1, period=0.0):
+    pub = live.probe.publisher(topic, type(msg))
+    for _ in range(n):
+        pub.publish(msg)
+        time.sleep(period)
+
+
+def _now(live):
+    return live.node.get_clock().now().to_msg()
+
+
+def test_bad_inputs_are_rejected_counted_and_node_keeps_serving(tiny_files, messages):
+    """Each bad message gets a counter and no chunk; valid input afterwards still works."""
+    with LiveNode({"checkpoint": tiny_files["checkpoint"], "schedule": tiny_files["schedule"],
+                   "max_obs_age_s": 0.3}) as live:
+        time.sleep(1.0)
+        good = Image(height=96, width=96, encoding="rgb8", step=288,
+                     data=array.array("B", bytes(96 * 96 * 3)))
+        cases = [
+            ("bad_encoding", "/camera/image_raw", dict(encoding="yuv422")),
+            ("bad_image", "/camera/image_raw", dict(step=100)),
+            ("bad_image", "/camera/image_raw", dict(height=0, data=array.array("B"))),
+            ("bad_image_size", "/camera/image_raw",
+             dict(width=128, step=384, data=array.array("B", bytes(96 * 384)))),
+            ("missing_joint", "/joint_states", JointState(name=["agent_x"], position=[1.0])),
+            ("nonfinite_joint", "/joint_states",
+             JointState(name=["agent_x", "agent_y"], position=[1.0, float("nan")])),
+            ("bad_joint_state", "/joint_states",
+             JointState(name=["agent_x", "agent_y"], position=[1.0])),
+            ("bad_joint_state", "/joint_states",
+             JointState(name=["agent_x", "agent_x"], position=[1.0, 2.0])),
+            ("bad_stamp", "/joint_states", JointState(name=["agent_x", "agent_y"],
+                                                      position=[1.0, 2.0])),
+            ("future_stamp", "/joint_states", JointState(name=["agent_x", "agent_y"],
+                                                         position=[1.0, 2.0])),
+        ]
+        for kind, topic, spec in cases:
+            before = live.node.counters[f"rejected.{kind}"]
+            if isinstance(spec, dict):
+                msg = Image(**{**{f: getattr(good, f) for f in
+                                  ("height", "width", "encoding", "step", "data")}, **spec})
+            else:
+                msg = spec
+            if kind != "bad_stamp":
+                msg.header.stamp = _now(live)
+            if kind == "future_stamp":
+                msg.header.stamp.sec += 30
+            _publish(live, topic, msg)
+            assert _wait(lambda k=kind, b=before: live.node.counters[f"rejected.{k}"] > b, 5), kind
+        assert live.probe.result.chunks == []  # nothing acted on bad input
+        # the latency topic carries the counters (stale warning published while idle)
+        live.probe.replay(messages[:400])
+        assert _wait(lambda: len(live.probe.result.chunks) > 0, 5)
+        lat = live.probe.result.latencies[-1]
+        assert lat.rejected_inputs >= len(cases)
+        # out-of-order and duplicate stamps on the live stream are dropped, not used
+        js = JointState(name=["agent_x", "agent_y"], position=[1.0, 2.0])
+        js.header.stamp = _now(live)
+        dup_before = live.node.counters["rejected.duplicate"]
+        _publish(live, "/joint_states", js, n=2, period=0.1)
+        assert _wait(lambda: live.node.counters["rejected.duplicate"] > dup_before, 5)
+        old = JointState(name=["agent_x", "agent_y"], position=[1.0, 2.0])
+        old.header.stamp.sec = js.header.stamp.sec - 1
+        old.header.stamp.nanosec = js.header.stamp.nanosec
+        _publish(live, "/joint_states", old)
+        assert _wait(lambda: live.node.counters["rejected.out_of_order"] > 0, 5)
+        # camera stops: observations go stale, the node refuses to act and says so
+        n = len(live.probe.result.chunks)
+        assert _wait(lambda: live.node.counters["stale_skips"] > 0, 5)
+        time.sleep(0.5)
+        assert len(live.probe.result.chunks) == n
+        assert any("stale" in m.warning for m in live.probe.result.latencies)
+        # ...and resumes when the camera does
+        live.probe.replay(messages[400:700])
+        assert len(live.probe.result.chunks) > n
+
+
+def test_parameters_validated_live(tiny_files):
+    """Out-of-range, wrong-type and read-only parameter sets are rejected; valid ones apply."""
+    with LiveNode({"checkpoint": tiny_files["checkpoint"],
+                   "schedule": tiny_files["schedule"]}) as live:
+        node = live.node
+        for p in [Parameter("control_rate_hz", value=5000.0),
+                  Parameter("handover", value="teleport"),
+                  Parameter("control_rate_hz", value="fast"),
+                  Parameter("num_inference_steps", value=7),  # BAC on, schedule K=10
+                  Parameter("action_min", value=[0.0]),
+                  Parameter("device", value="cuda")]:  # read-only
+            r = node.set_parameters([p])[0]
+            assert not r.successful and r.reason, p.name
+        assert node.cfg.control_rate_hz == 10.0 and node.cfg.handover == "replace"
+        ok = node.set_parameters([Parameter("handover", value="temporal_ensemble"),
+                                  Parameter("control_rate_hz", value=20.0),
+                                  Parameter("bac.enabled", value=False)])
+        assert all(r.successful for r in ok)
+        # limits only make sense together: set them atomically
+        assert node.set_parameters_atomically([Parameter("action_min", value=[0.0, 0.0]),
+                                               Parameter("action_max", value=[512.0, 512.0])
+                                               ]).successful
+        assert node.actions.mode == "temporal_ensemble" and node.cfg.control_rate_hz == 20.0
+        assert node.set_parameters([Parameter("num_inference_steps", value=7)])[0].successful
+
+
+def test_inference_exception_and_nan_actions_are_contained(tiny_files, messages):
+    """An exception inside inference and a NaN chunk are reported; the next inference works."""
+    with LiveNode({"checkpoint": tiny_files["checkpoint"],
+                   "schedule": tiny_files["schedule"]}) as live:
+        faults = {"n": 0}
+
+        def inject(chunk_id):
+            faults["n"] += 1
+            if faults["n"] == 1:
+                raise RuntimeError("injected CUDA error")
+
+        live.node.fault_injector = inject
+        infer = live.node.runtime.infer
+        calls = {"n": 0}
+
+        def nan_once(obs, seed, use_bac, **kw):
+            calls["n"] += 1
+            res = infer(obs, seed, use_bac, **kw)
+            if calls["n"] == 1:
+                from bac_ros.node.runtime import ChunkRejected
+                raise ChunkRejected("predicted actions contain NaN/inf; chunk dropped")
+            return res
+
+        live.node.runtime.infer = nan_once
+        live.probe.replay(messages[:600])
+        c = live.node.counters
+        assert c["inference_errors"] == 1 and c["rejected_chunks"] == 1
+        assert len(live.probe.result.chunks) >= 2
+        assert any("injected" in m.warning for m in live.probe.result.latencies)
+
+
+def test_schedule_for_other_checkpoint_refuses_to_start(tiny_files):
+    """A schedule calibrated for another model stops the node with the reason, unless the
+    user allows falling back to full compute."""
+    from bac_ros.bac.baselines import build_schedule
+    from bac_ros.bac.schedule import save_schedule
+    from bac_ros.node.runtime import ConfigureError
+
+    p = tiny_files["policy"]
+    other = build_schedule("uniform", p.model.blocks(), 10, 4, "0000000000000000", "ddim")
+    path = save_schedule(other, tiny_files["dir"] / "other.yaml")
+    with pytest.raises(ConfigureError, match="calibrated for model"):
+        LiveNode({"checkpoint": tiny_files["checkpoint"], "schedule": str(path)})
+    rclpy.try_shutdown()
+    with LiveNode({"checkpoint": tiny_files["checkpoint"], "schedule": str(path),
+                   "bac.fallback_to_full": True}) as live:
+        assert live.node.runtime.schedule is None
