@@ -1,4 +1,5 @@
-"""Session-wide ROS isolation: a unique ROS_DOMAIN_ID per run, localhost-only discovery."""
+"""Session-wide ROS isolation (unique ROS_DOMAIN_ID, localhost discovery) and shared
+fixtures: a tiny real image DP-T checkpoint + BAC schedule, the bundled bag."""
 
 import os
 import subprocess
@@ -6,6 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from bac_ros.bac.baselines import build_schedule
+from bac_ros.bac.schedule import save_schedule
+from bac_ros.engine.checkpoint import save_policy
+from bac_ros.engine.testing import make_tiny_policy
 
 VENV = Path(sys.executable).resolve().parent.parent
 _domain = 1 + (os.getpid() % 200)  # 1..200: never the default 0, never a neighbour's run
@@ -24,3 +30,22 @@ def _stop_ros2_daemon():
     if ros2.exists():
         subprocess.run([str(ros2), "daemon", "stop"], capture_output=True, timeout=30,
                        env=dict(os.environ))
+
+
+BAG = Path(__file__).resolve().parents[1] / "data" / "pusht" / "pusht_scripted"
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("node")
+    p = make_tiny_policy("image", num_inference_steps=10, scheduler="ddim")
+    ckpt = save_policy(p, d / "tiny_image.safetensors")
+    sched = build_schedule("uniform", p.model.blocks(), 10, 4, p.fingerprint, "ddim")
+    path = save_schedule(sched, d / "tiny_image.yaml")
+    return {"checkpoint": str(ckpt), "schedule": str(path), "policy": p, "sched": sched,
+            "dir": d}
+
+
+@pytest.fixture(scope="session")
+def bag():
+    return BAG

@@ -37,9 +37,9 @@ def observations_from_source(source, policy, limit):
     from pathlib import Path
 
     from bac_ros.bac.calibrate import load_npz_observations
-    from bac_ros.cli.common import REPO_DATA
+    from bac_ros.cli.common import DEFAULT_BAG
 
-    path = Path(source) if source else REPO_DATA / "pusht" / "pusht_image.mcap"
+    path = Path(source) if source else DEFAULT_BAG
     if path.suffix == ".npz":
         return load_npz_observations(path, policy, limit)
     from bac_ros.node.bag_observations import iter_bag_observations

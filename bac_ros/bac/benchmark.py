@@ -1,0 +1,130 @@
+"""Side-by-side benchmark of full compute, BAC and the baselines (no ROS)."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bac_ros.bac.baselines import build_schedule
+from bac_ros.bac.cache import ScheduledBlockCache
+from bac_ros.bac.capture import capture_features
+from bac_ros.bac.flops import model_flops
+from bac_ros.bac.similarity import caching_error, cosine_similarity_matrix
+from bac_ros.engine.schedulers import build_scheduler
+from bac_ros.engine.testing import random_obs
+
+
+@dataclass
+class BenchConfig:
+    ddpm_steps: int = 100
+    ddim_steps: int = 10
+    budget: int = 10
+    ddim_budget: int = 4
+    bua_top_n: int = 5
+    repeats: int = 10
+    warmup: int = 2
+    batch: int = 1
+    methods: list[str] = field(default_factory=lambda: ["full", "uniform", "shared_acs",
+                                                        "acs", "bac"])
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.warmup < 0 or self.batch < 1:
+            raise ValueError("repeats >= 1, warmup >= 0 and batch >= 1 are required.")
+
+
+def _use_scheduler(policy, kind: str, steps: int) -> None:
+    cfg = dataclasses.replace(policy.config.scheduler, type=kind, num_inference_steps=steps)
+    policy.config.scheduler = cfg
+    policy.scheduler = build_scheduler(cfg)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
+    device = policy.device
+    dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.dtype]
+    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
+           else f"cpu ({platform.processor() or platform.machine()}, "
+                f"{torch.get_num_threads()} threads)",
+           "torch": torch.__version__, "dtype": cfg.dtype, "batch": cfg.batch,
+           "policy": policy.config.name, "fingerprint": policy.fingerprint}
+    blocks = policy.model.blocks()
+    flops = model_flops(policy.model)
+    obs = random_obs(policy, batch=cfg.batch, seed=0)
+    calib_obs = [random_obs(policy, batch=1, seed=1)]
+    settings = [("ddpm", cfg.ddpm_steps, cfg.budget)]
+    if cfg.ddim_steps:
+        settings.append(("ddim", cfg.ddim_steps, cfg.ddim_budget))
+    rows = []
+    for kind, K, S in settings:
+        _use_scheduler(policy, kind, K)
+        feats = capture_features(policy, calib_obs, [0], progress=False)
+        sim = np.stack([cosine_similarity_matrix(f).numpy() for f in feats])
+        err = np.array([caching_error(f).item() for f in feats])
+        scheds = {m: build_schedule(m, blocks, K, min(S, K), policy.fingerprint, kind, sim, err,
+                                    cfg.bua_top_n, flops=flops) for m in cfg.methods}
+        caches = {m: None if m == "full" else ScheduledBlockCache(s, blocks)
+                  for m, s in scheds.items()}
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype else torch.no_grad()
+        with torch.no_grad(), autocast:
+            cond = policy.encode_condition(obs)
+            noise = policy.make_noise(cfg.batch, torch.Generator().manual_seed(0))
+            outs, times = {}, {m: [] for m in scheds}
+            for m in scheds:  # warm-up, and the reference outputs with the same noise
+                for _ in range(max(1, cfg.warmup)):
+                    outs[m] = policy.denoise(cond, noise, cache=caches[m],
+                                             generator=torch.Generator().manual_seed(0))
+            bar = tqdm(total=cfg.repeats * len(scheds), desc=f"{kind.upper()}-{K}",
+                       disable=not progress)
+            for _ in range(cfg.repeats):  # interleaved: machine noise hits every method alike
+                for m in scheds:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    policy.denoise(cond, noise, cache=caches[m],
+                                   generator=torch.Generator().manual_seed(0))
+                    _sync(device)
+                    times[m].append(1000 * (time.perf_counter() - t0))
+                    bar.update(1)
+            bar.close()
+        full_p50 = float(np.median(times["full"])) if "full" in times else None
+        ref = outs.get("full")
+        for m, s in scheds.items():
+            t = np.array(times[m])
+            rel = float((outs[m] - ref).norm() / ref.norm().clamp_min(1e-12)) \
+                if ref is not None else None
+            rows.append({
+                "method": m, "scheduler": kind, "steps": K, "S": s.budget,
+                "chunk_ms_p50": float(np.percentile(t, 50)),
+                "chunk_ms_p95": float(np.percentile(t, 95)),
+                "chunk_ms_p99": float(np.percentile(t, 99)),
+                "speedup_vs_full": full_p50 / float(np.median(t)) if full_p50 else None,
+                "action_rel_err": rel,
+                "blocks_computed_frac": round(s.computed_fraction, 4),
+                "flops_ratio": s.flops_ratio,
+                "step_ms_p50": float(np.percentile(t, 50)) / K,
+            })
+    return rows, env
+
+
+def format_markdown(rows: list[dict], env: dict) -> str:
+    head = (f"Device: {env['device']}; torch {env['torch']}; dtype {env['dtype']}; batch "
+            f"{env['batch']}; policy {env['policy']} ({env['fingerprint']})\n\n"
+            "| scheduler | method | K | S | chunk ms p50 | p95 | p99 | speedup vs full | "
+            "action rel. err | blocks computed | FLOPs ratio |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r['scheduler'].upper()} | {r['method']} | {r['steps']} | {r['S'] or '-'} | "
+        f"{r['chunk_ms_p50']:.1f} | {r['chunk_ms_p95']:.1f} | {r['chunk_ms_p99']:.1f} | "
+        f"{r['speedup_vs_full']:.2f}x | {r['action_rel_err']:.4f} | "
+        f"{100 * r['blocks_computed_frac']:.1f}% | {r['flops_ratio'] or 1.0:.2f}x |\n"
+        for r in rows)
