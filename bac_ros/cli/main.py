@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("convert", "calibrate", "bench", "eval", "train", "replay", "demos")
+SUBCOMMANDS = ("convert", "calibrate", "bench", "replay")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"bac_ros.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"bac_ros.cli.{name}":
-                raise
-            continue  # subcommand not built yet
-        module.register(subparsers)
+        importlib.import_module(f"bac_ros.cli.{name}").register(subparsers)
     return parser
 
 
