@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("convert", "calibrate", "bench", "replay")
+SUBCOMMANDS = ("convert", "calibrate", "bench", "replay", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

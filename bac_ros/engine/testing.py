@@ -5,8 +5,6 @@ Not mocks: every function builds the production classes with random weights.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -17,6 +15,7 @@ from bac_ros.engine.config import (
     ShapeMeta,
     TransformerConfig,
 )
+from bac_ros.engine.dp_export import dp_cfg, save_dp_checkpoint  # noqa: F401 (re-export)
 from bac_ros.engine.normalizer import image_range_params
 from bac_ros.engine.policy import DiffusionPolicy
 
@@ -76,76 +75,6 @@ def random_obs(policy: DiffusionPolicy, batch: int = 1, seed: int = 0) -> dict[s
         hi = 1.0 if spec.type == "rgb" else 512.0
         out[key] = rng.uniform(0, hi, (batch, To, *spec.shape)).astype(np.float32)
     return out
-
-
-def dp_cfg(policy: DiffusionPolicy, use_ema: bool = True):
-    """An OmegaConf cfg shaped like diffusion_policy's workspace configs (with ${eval:})."""
-    from omegaconf import OmegaConf
-
-    c, t, s = policy.config, policy.config.transformer, policy.config.scheduler
-    scheduler = {"_target_": "diffusers.schedulers.scheduling_ddpm.DDPMScheduler",
-                 "num_train_timesteps": s.num_train_timesteps, "beta_start": s.beta_start,
-                 "beta_end": s.beta_end, "beta_schedule": s.beta_schedule,
-                 "variance_type": s.variance_type, "clip_sample": s.clip_sample,
-                 "prediction_type": s.prediction_type}
-    common = {"horizon": "${horizon}", "n_action_steps": "${n_action_steps}",
-              "n_obs_steps": "${n_obs_steps}", "num_inference_steps": s.num_inference_steps,
-              "noise_scheduler": scheduler}
-    top = {"horizon": c.horizon, "n_obs_steps": c.n_obs_steps,
-           "n_action_steps": c.n_action_steps, "obs_as_cond": True,
-           "training": {"use_ema": use_ema, "seed": 42}, "name": "train_test"}
-    if not c.shape_meta.rgb_keys:
-        obs_dim = c.shape_meta.obs["obs"].shape[0]
-        top.update(obs_dim=obs_dim, action_dim=c.shape_meta.action_dim)
-        model = {"_target_": "diffusion_policy.model.diffusion.transformer_for_diffusion."
-                             "TransformerForDiffusion",
-                 "input_dim": "${eval:'${action_dim} if ${obs_as_cond} else ${obs_dim} + "
-                              "${action_dim}'}",
-                 "output_dim": "${action_dim}", "horizon": "${horizon}",
-                 "n_obs_steps": "${n_obs_steps}",
-                 "cond_dim": "${eval:'${obs_dim} if ${obs_as_cond} else 0'}",
-                 "n_layer": t.n_layer, "n_head": t.n_head, "n_emb": t.n_emb,
-                 "p_drop_emb": t.p_drop_emb, "p_drop_attn": t.p_drop_attn,
-                 "causal_attn": t.causal_attn, "time_as_cond": t.time_as_cond,
-                 "obs_as_cond": "${obs_as_cond}", "n_cond_layers": t.n_cond_layers}
-        policy_cfg = {"_target_": "diffusion_policy.policy.diffusion_transformer_lowdim_policy."
-                                  "DiffusionTransformerLowdimPolicy",
-                      "model": model, "obs_dim": "${obs_dim}", "action_dim": "${action_dim}",
-                      "obs_as_cond": "${obs_as_cond}", "pred_action_steps_only": False,
-                      **common}
-    else:
-        top["shape_meta"] = {
-            "obs": {k: {"shape": list(v.shape), "type": v.type}
-                    for k, v in c.shape_meta.obs.items()},
-            "action": {"shape": list(c.shape_meta.action_shape)}}
-        policy_cfg = {"_target_": "diffusion_policy.policy."
-                                  "diffusion_transformer_hybrid_image_policy."
-                                  "DiffusionTransformerHybridImagePolicy",
-                      "shape_meta": "${shape_meta}",
-                      "crop_shape": list(c.obs_encoder.crop_shape), "obs_encoder_group_norm":
-                      c.obs_encoder.use_group_norm, "eval_fixed_crop": True,
-                      "n_layer": t.n_layer, "n_cond_layers": t.n_cond_layers,
-                      "n_head": t.n_head, "n_emb": t.n_emb, "p_drop_emb": t.p_drop_emb,
-                      "p_drop_attn": t.p_drop_attn, "causal_attn": t.causal_attn,
-                      "time_as_cond": t.time_as_cond, "obs_as_cond": True, **common}
-    top["policy"] = policy_cfg
-    return OmegaConf.create(top)
-
-
-def save_dp_checkpoint(policy: DiffusionPolicy, path: str | Path, use_ema: bool = True) -> Path:
-    """Write ``policy`` as diffusion_policy's BaseWorkspace.save_checkpoint does (torch + dill)."""
-    import dill
-
-    sd = policy.state_dict()
-    payload = {
-        "cfg": dp_cfg(policy, use_ema),
-        "state_dicts": {"model": sd, "ema_model": sd,
-                        "optimizer": {"state": {}, "param_groups": []}},
-        "pickles": {"_output_dir": dill.dumps("outputs/test")},
-    }
-    path = Path(path)
-    torch.save(payload, path.open("wb"), pickle_module=dill)
-    return path
 
 
 def lowdim_dp_policy(seed: int = 0, **kwargs) -> DiffusionPolicy:

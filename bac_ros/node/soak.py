@@ -1,0 +1,103 @@
+"""Soak test: loop a Push-T bag (camera 30 Hz, joint states 100 Hz) through the node.
+
+Records RSS, latency p99 per window, and counts of chunks and errors. Pass = no crash,
+RSS growth < 5 % after warm-up, p99 stable. The 60-second version runs in CI
+(test/node/test_soak.py); the 30-minute one by hand:
+
+    python -m bac_ros.node.soak --duration-s 1800 --checkpoint P --schedule S --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from bac_ros.node.replay import LiveNode, read_bag
+
+
+def run_soak(checkpoint: str, schedule: str, duration_s: float, window_s: float = 60.0,
+             warmup_s: float = 10.0, bag: str | Path | None = None, params: dict | None = None
+             ) -> dict:
+    from bac_ros.pusht.bag import record_bag
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if bag is None:
+            bag = record_bag(Path(tmp) / "soak_bag", duration_s=10.0, camera_hz=30.0,
+                             joint_hz=100.0, seed=3)
+        messages = read_bag(bag)
+        proc = psutil.Process(os.getpid())
+        samples = []  # (t_s, rss_bytes, n_latencies)
+        stop = threading.Event()
+        with LiveNode({"checkpoint": checkpoint, "schedule": schedule, **(params or {})}) as live:
+            def sampler():
+                while not stop.wait(1.0):
+                    samples.append((time.monotonic(), proc.memory_info().rss,
+                                    len(live.probe.result.latencies)))
+
+            th = threading.Thread(target=sampler, daemon=True)
+            t0 = time.monotonic()
+            th.start()
+            loops = 0
+            while time.monotonic() - t0 < duration_s:
+                live.probe.replay(messages, stop=stop)
+                loops += 1
+            stop.set()
+            th.join()
+            res = live.probe.result
+            counters = dict(live.node.counters)
+    lat = res.latencies
+    ok = [m.total_ms for m in lat if not m.warning]
+    t_rel = np.array([s[0] - t0 for s in samples])
+    rss = np.array([s[1] for s in samples], dtype=np.float64)
+    after = rss[t_rel >= warmup_s] if (t_rel >= warmup_s).any() else rss
+    windows = []
+    idx = 0
+    for w in range(int(np.ceil(duration_s / window_s))):
+        end = (w + 1) * window_s
+        n_end = max([s[2] for s, t in zip(samples, t_rel) if t <= end] or [idx])
+        chunk = [m.total_ms for m in lat[idx:n_end] if not m.warning]
+        windows.append({"window": w, "chunks": len(chunk),
+                        "p99_ms": float(np.percentile(chunk, 99)) if chunk else None})
+        idx = n_end
+    growth = float((after[-1] - after[0]) / after[0]) if len(after) >= 2 else 0.0
+    return {
+        "duration_s": round(time.monotonic() - t0, 1), "bag_loops": loops,
+        "chunks": len(res.chunks), "commands": len(res.commands),
+        "inference_errors": counters.get("inference_errors", 0),
+        "rejected_inputs": counters.get("rejected_inputs", 0),
+        "stale_skips": counters.get("stale_skips", 0),
+        "deadline_misses": counters.get("deadline_misses", 0),
+        "rss_mb_after_warmup_start": round(after[0] / 2**20, 1) if len(after) else None,
+        "rss_mb_end": round(after[-1] / 2**20, 1) if len(after) else None,
+        "rss_growth_frac": round(growth, 4),
+        "latency_ms_p50": float(np.percentile(ok, 50)) if ok else None,
+        "latency_ms_p99": float(np.percentile(ok, 99)) if ok else None,
+        "windows": windows,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--schedule", default="")
+    ap.add_argument("--duration-s", type=float, default=1800.0)
+    ap.add_argument("--window-s", type=float, default=60.0)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    rep = run_soak(a.checkpoint, a.schedule, a.duration_s, a.window_s)
+    print(json.dumps(rep, indent=2))
+    ok = rep["inference_errors"] == 0 and rep["rss_growth_frac"] < 0.05
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
