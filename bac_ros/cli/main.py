@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("convert", "calibrate", "bench", "replay", "train")
+SUBCOMMANDS = ("convert", "calibrate", "bench", "eval", "train", "replay")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -119,10 +119,14 @@ class Probe(Node):
                stop: threading.Event | None = None, mutate=None) -> int:
         """Publish bag messages in real time (``rate`` x). ``mutate(msg)`` may edit or drop."""
         classes = {}
+        new = False
         for _, topic, msgtype, _ in messages:
-            classes[topic] = _msg_class(msgtype)
-            self.publisher(topic, classes[topic])
-        time.sleep(1.0)  # DDS discovery
+            if topic not in classes:
+                classes[topic] = _msg_class(msgtype)
+                new |= topic not in self.publishers_by_topic
+                self.publisher(topic, classes[topic])
+        if new:
+            time.sleep(1.0)  # DDS discovery of the new publishers
         from rclpy.serialization import deserialize_message
 
         t_bag0 = messages[0][0]
