@@ -2,10 +2,9 @@
 # The README's main job: set up (idempotent), then run the policy node on the bundled Push-T
 # bag, BAC vs full compute, through real ROS 2 topics, and print a latency summary.
 #
-# Policy: data/policies/pusht_image.safetensors when present (the trained reference policy,
-# issue 7). Until it ships, a paper-size image DP-T (n_layer 8, n_emb 256, ResNet18 encoder,
-# DDPM-100) with seeded random weights is generated under build/demo/: its timings are real,
-# its actions are not a trained behaviour. The script says which one it runs.
+# Policy: the bundled trained Push-T policy (data/policies/, image if present, else low-dim).
+# Without one, a paper-size image DP-T with seeded random weights is generated under
+# build/demo/ (real timings, untrained actions). The script says which one it runs.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/scripts/bootstrap.sh"
@@ -14,18 +13,23 @@ export AMENT_PREFIX_PATH=$ROOT/.venv RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 101))}
 PY=$ROOT/.venv/bin/python
 BAC=$ROOT/.venv/bin/bac
-BAG=$ROOT/data/pusht/pusht_scripted
+BAG=$ROOT/data/pusht/pusht_expert
 OUT=$ROOT/build/demo
 mkdir -p "$OUT"
 
-POLICY=$ROOT/data/policies/pusht_image.safetensors
-if [[ -f $POLICY ]]; then
-  echo "== policy: bundled trained Push-T image policy ($POLICY)"
-  SCHEDULE=$ROOT/data/policies/pusht_image.schedule.yaml
-else
+POLICY=""
+for name in pusht_image pusht_lowdim; do
+  if [[ -f $ROOT/data/policies/$name.safetensors ]]; then
+    POLICY=$ROOT/data/policies/$name.safetensors
+    SCHEDULE=$ROOT/data/policies/$name.schedule.yaml
+    echo "== policy: bundled trained Push-T policy $POLICY (see data/policies/README.md)"
+    break
+  fi
+done
+if [[ -z $POLICY ]]; then
   POLICY=$OUT/dpt_image_paper_size_random.safetensors
   SCHEDULE=$OUT/dpt_image_paper_size_random.schedule.yaml
-  echo "== policy: no trained policy is bundled yet; using a paper-size image DP-T with seeded"
+  echo "== policy: no trained policy is bundled; using a paper-size image DP-T with seeded"
   echo "   random weights ($POLICY): real compute and latency, untrained actions"
   if [[ ! -f $POLICY ]]; then
     "$PY" - "$POLICY" <<'PYEOF'

@@ -32,7 +32,7 @@ def _stop_ros2_daemon():
                        env=dict(os.environ))
 
 
-BAG = Path(__file__).resolve().parents[1] / "data" / "pusht" / "pusht_scripted"
+BAG = Path(__file__).resolve().parents[1] / "data" / "pusht" / "pusht_expert"
 
 
 @pytest.fixture(scope="session")

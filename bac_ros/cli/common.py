@@ -9,7 +9,7 @@ from pathlib import Path
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 DEFAULT_POLICY = REPO_DATA / "policies" / "pusht_image.safetensors"
 DEFAULT_SCHEDULE = REPO_DATA / "policies" / "pusht_image.schedule.yaml"
-DEFAULT_BAG = REPO_DATA / "pusht" / "pusht_scripted"
+DEFAULT_BAG = REPO_DATA / "pusht" / "pusht_expert"
 
 
 def add_policy_args(parser, required: bool = False) -> None:

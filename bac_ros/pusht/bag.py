@@ -1,9 +1,11 @@
 """Record a small rosbag2 (mcap) of Push-T: camera frames + joint states, real stamps/rates.
 
-Camera: sensor_msgs/msg/Image rgb8 96x96 at ``camera_hz`` (frames rendered at every
-10 Hz control step, repeated for higher camera rates). Joint states:
-sensor_msgs/msg/JointState (agent_x, agent_y in pixels) at ``joint_hz``, the agent
-position interpolated between control steps.
+The scene is driven by the Push-T expert (``expert.py``), so the motion is a real
+demonstration. Camera: sensor_msgs/msg/Image rgb8 96x96 at ``camera_hz`` (frames rendered at
+every 10 Hz control step, repeated for higher camera rates). Joint states:
+sensor_msgs/msg/JointState at ``joint_hz`` with the agent position (``agent_x``,
+``agent_y``, pixels, interpolated between control steps) and, for low-dim policies, the 8 T
+keypoints as named values ``kp{i}_x`` / ``kp{i}_y`` (what a perception node would publish).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bac_ros.pusht.env import CONTROL_PERIOD_S, JOINT_NAMES, make_env, scripted_push_targets
+from bac_ros.pusht.env import CONTROL_PERIOD_S, JOINT_NAMES, KEYPOINT_NAMES, make_env
+from bac_ros.pusht.expert import PushExpert
 
 CAMERA_TOPIC = "/camera/image_raw"
 JOINT_TOPIC = "/joint_states"
@@ -29,17 +32,21 @@ def record_bag(out: str | Path, duration_s: float = 10.0, seed: int = 0, camera_
     Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
 
     env = make_env("pixels_agent_pos")
-    state_env = env.unwrapped
     obs, _ = env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
+    expert = PushExpert(seed)
     steps = int(round(duration_s / CONTROL_PERIOD_S))
-    frames, agent = [], []
+    frames, agent, keypoints, plan = [], [], [], []
     for _ in range(steps):
         frames.append(obs["pixels"].copy())
         agent.append(np.asarray(obs["agent_pos"], dtype=np.float64))
-        state = np.concatenate([obs["agent_pos"], np.asarray(state_env.block.position),
-                                [state_env.block.angle]])
-        obs, *_ = env.step(scripted_push_targets(state, rng))
+        u = env.unwrapped
+        keypoints.append(u.get_keypoints(u._block_shapes).flatten().astype(np.float64))
+        if not plan:
+            plan = list(expert.plan(env))
+        obs, _, terminated, *_ = env.step(np.asarray(plan.pop(0), dtype=np.float64))
+        if terminated:  # solved: start the next episode, as a robot would be reset
+            obs, _ = env.reset(seed=seed + len(frames))
+            plan = []
     env.close()
     agent = np.array(agent)
 
@@ -75,8 +82,8 @@ def record_bag(out: str | Path, duration_s: float = 10.0, seed: int = 0, camera_
                 i0 = min(int(x), steps - 1)
                 i1 = min(i0 + 1, steps - 1)
                 pos = agent[i0] + (x - i0) * (agent[i1] - agent[i0])
-                msg = JointState(header=header, name=list(JOINT_NAMES),
-                                 position=pos.astype(np.float64),
+                msg = JointState(header=header, name=list(JOINT_NAMES) + list(KEYPOINT_NAMES),
+                                 position=np.concatenate([pos, keypoints[i0]]),
                                  velocity=np.zeros(0), effort=np.zeros(0))
                 writer.write(js, int(abs_t * 1e9), ts.serialize_cdr(msg, JointState.__msgtype__))
     return out

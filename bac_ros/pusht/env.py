@@ -11,6 +11,8 @@ import os
 import numpy as np
 
 JOINT_NAMES = ["agent_x", "agent_y"]
+# The T's 8 keypoints (gym-pusht's environment_state order) as named values.
+KEYPOINT_NAMES = [f"kp{i}_{a}" for i in range(8) for a in "xy"]
 CONTROL_PERIOD_S = 0.1  # 10 Hz control, as gym-pusht
 
 
@@ -20,21 +22,3 @@ def make_env(obs_type: str = "pixels_agent_pos"):
     import gymnasium as gym
 
     return gym.make("gym_pusht/PushT-v0", obs_type=obs_type, render_mode="rgb_array")
-
-
-def scripted_push_targets(state: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A simple pusher (not the expert): go behind the T relative to the goal, push toward it.
-
-    Produces plausible, varied agent motion for recordings; it does not solve the task.
-    """
-    agent, block = state[:2], state[2:4]
-    goal = np.array([256.0, 256.0])
-    direction = goal - block
-    dist = np.linalg.norm(direction)
-    direction = direction / dist if dist > 1e-6 else np.array([1.0, 0.0])
-    behind = block - 60.0 * direction
-    if np.linalg.norm(agent - behind) > 25.0:
-        target = agent + np.clip(behind - agent, -40, 40)
-    else:
-        target = agent + 30.0 * direction
-    return np.clip(target + rng.normal(0, 3.0, 2), 0, 512)

@@ -24,7 +24,7 @@ from bac_ros.engine.config import NoiseSchedulerConfig, PolicyConfig, ShapeMeta,
 from bac_ros.engine.dp_export import save_dp_checkpoint
 from bac_ros.engine.policy import DiffusionPolicy
 from bac_ros.io_utils import atomic_write_text
-from bac_ros.pusht.env import CONTROL_PERIOD_S, JOINT_NAMES
+from bac_ros.pusht.env import CONTROL_PERIOD_S, JOINT_NAMES, KEYPOINT_NAMES
 
 
 @dataclass
@@ -92,7 +92,7 @@ def build_policy(cfg: TrainConfig, data: LowDimSequences) -> DiffusionPolicy:
                                        num_inference_steps=100),
         horizon=cfg.horizon, n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps,
         action_names=list(JOINT_NAMES),
-        obs_low_dim_names={"keypoints": [f"kp{i}_{a}" for i in range(8) for a in "xy"],
+        obs_low_dim_names={"keypoints": list(KEYPOINT_NAMES),
                            "agent_pos": list(JOINT_NAMES)},
         control_period_s=CONTROL_PERIOD_S, name="pusht_lowdim_dpt")
     policy = DiffusionPolicy(pc)
