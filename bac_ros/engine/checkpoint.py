@@ -17,6 +17,7 @@ import ast
 import hashlib
 import json
 import operator
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -147,35 +148,31 @@ def safe_eval(expr: str) -> Any:
     return ev(ast.parse(str(expr), mode="eval"))
 
 
-def _omegaconf_safe_globals() -> list:
-    import typing
-
-    import omegaconf
-    from omegaconf import base, nodes
-
-    return [omegaconf.DictConfig, omegaconf.ListConfig, base.ContainerMetadata, base.Metadata,
-            nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode,
-            nodes.BooleanNode, typing.Any, dict, list, set, tuple, int, float, bool, str,
-            type(None)]
-
-
 def read_dp_payload(path: Path, allow_pickle: bool) -> dict:
+    """Read a diffusion_policy payload; full pickle (arbitrary code) only with allow_pickle.
+
+    Default: ``torch.load`` through :mod:`bac_ros.engine.safe_unpickle`, which builds only
+    tensors, containers and OmegaConf objects (diffusion_policy / hydra classes become inert
+    stand-ins). ``allow_pickle=True`` falls back to ``torch.load(weights_only=False)`` with
+    dill, as diffusion_policy itself loads, when the restricted loader refuses a global.
+    """
+    from bac_ros.engine.safe_unpickle import restricted_pickle_module
+
     try:
-        with torch.serialization.safe_globals(_omegaconf_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - classify below
+        return torch.load(path, map_location="cpu", weights_only=False,
+                          pickle_module=restricted_pickle_module)
+    except pickle.UnpicklingError as exc:
+        if "restricted loader" not in str(exc):
+            raise CheckpointError(f"{path}: cannot read checkpoint ({exc}); the file may be "
+                                  "truncated or corrupt.") from exc
         restricted_error = exc
-    if isinstance(restricted_error, (EOFError, RuntimeError)) and "pickle" not in str(
-        restricted_error
-    ).lower() and "weights_only" not in str(restricted_error):
-        raise CheckpointError(f"{path}: cannot read checkpoint ({restricted_error}); "
-                              "the file may be truncated or corrupt.") from restricted_error
+    except Exception as exc:  # noqa: BLE001 - zip/EOF/storage errors of a damaged file
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc});"
+                              " the file may be truncated or corrupt.") from exc
     if not allow_pickle:
         raise CheckpointError(
-            f"{path}: this checkpoint needs full pickle loading, which can run arbitrary code "
-            f"({type(restricted_error).__name__}: {str(restricted_error).splitlines()[0]}). "
-            "If you trust the file, pass allow_pickle=True (`--allow-pickle`, ROS parameter "
-            "`allow_pickle_checkpoint`), or better convert it once with `bac convert`."
+            f"{path}: {restricted_error} Better: convert it once with `bac convert` on a "
+            "machine where you trust it."
         ) from restricted_error
     warnings.warn(f"loading {path} with full pickle (allow_pickle=True): only for trusted files",
                   stacklevel=3)
@@ -193,7 +190,10 @@ def config_from_dp_cfg(cfg) -> tuple[PolicyConfig, bool]:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("eval"):
-        OmegaConf.register_new_resolver("eval", safe_eval)
+        # Arithmetic only (no builtins, no calls): cfgs come from files we do not trust.
+        register = getattr(OmegaConf, "register_resolver", None) or \
+            OmegaConf.register_new_resolver
+        register("eval", safe_eval)
     try:
         c = OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # noqa: BLE001
@@ -207,6 +207,20 @@ def config_from_dp_cfg(cfg) -> tuple[PolicyConfig, bool]:
             "DiffusionTransformerHybridImagePolicy). UNet (DP-C) policies have no transformer "
             "blocks for BAC to cache."
         )
+    if pol.get("pred_action_steps_only"):
+        raise UnsupportedArchitectureError(
+            f"{target}: pred_action_steps_only=True is not supported (the node expects the "
+            "full horizon); retrain with pred_action_steps_only=False."
+        )
+    if not pol.get("obs_as_cond", True):
+        raise UnsupportedArchitectureError(
+            f"{target}: obs_as_cond=False (inpainting conditioning) is not supported; the "
+            "observation must enter through the cross-attention condition."
+        )
+    for name in ("noise_scheduler", "horizon", "n_obs_steps", "n_action_steps"):
+        if name not in pol:
+            raise CheckpointError(f"the checkpoint's cfg.policy has no {name!r}; is it a "
+                                  "diffusion_policy workspace checkpoint?")
     ns = {k: v for k, v in pol["noise_scheduler"].items() if not k.startswith("_")}
     sched_type = "ddim" if "ddim" in str(pol["noise_scheduler"].get("_target_", "")).lower() \
         else "ddpm"

@@ -35,10 +35,13 @@ def test_dp_ckpt_roundtrip(tmp_path, make):
     """A diffusion_policy-format .ckpt loads with the same names, shapes and actions."""
     p = make()
     path = save_dp_checkpoint(p, tmp_path / "policy.ckpt")
-    with pytest.raises(CheckpointError, match="allow_pickle"):
-        load_policy(path)  # pickle needs an explicit opt-in
-    q = load_policy(path, allow_pickle=True)
+    q = load_policy(path)  # restricted unpickler: no allow_pickle needed for a plain ckpt
     assert set(q.state_dict()) == set(p.state_dict())
+    for k, v in p.state_dict().items():
+        assert q.state_dict()[k].shape == v.shape, k
+    assert q.config.shape_meta.obs.keys() == p.config.shape_meta.obs.keys()
+    assert q.config.transformer.cond_dim == p.config.transformer.cond_dim  # via ${eval:...}
+    assert load_policy(path, allow_pickle=True).fingerprint == q.fingerprint
     _same_actions(p, q)
     # converter round trip: ours keeps the actions and the fingerprint
     out = save_policy(q, tmp_path / "policy.safetensors")
@@ -67,7 +70,49 @@ def test_unet_checkpoint_is_rejected(tmp_path):
                                       "DiffusionUnetLowdimPolicy")
     torch.save(payload, path)
     with pytest.raises(UnsupportedArchitectureError, match="UNet"):
-        load_policy(path, allow_pickle=True)
+        load_policy(path)
+
+
+def test_pred_action_steps_only_is_rejected(tmp_path):
+    """A DP-T trained with pred_action_steps_only is refused with the option named."""
+    path = save_dp_checkpoint(lowdim_dp_policy(num_inference_steps=5), tmp_path / "p.ckpt")
+    payload = torch.load(path, weights_only=False)
+    payload["cfg"].policy.pred_action_steps_only = True
+    torch.save(payload, path)
+    with pytest.raises(UnsupportedArchitectureError, match="pred_action_steps_only"):
+        load_policy(path)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_code_in_pickle_needs_opt_in(tmp_path):
+    """A global outside the allow-list is refused before it runs, naming allow_pickle."""
+    path = save_dp_checkpoint(lowdim_dp_policy(num_inference_steps=5), tmp_path / "p.ckpt")
+    payload = torch.load(path, weights_only=False)
+    marker = tmp_path / "pwned"
+    payload["pickles"]["evil"] = _Evil(marker)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="io.open.*allow_pickle"):
+        load_policy(path)
+    assert not marker.exists()
+
+
+def test_ema_weights_preferred(tmp_path):
+    """cfg.training.use_ema selects ema_model; otherwise the raw model weights load."""
+    p = lowdim_dp_policy(seed=0, num_inference_steps=5)
+    raw = lowdim_dp_policy(seed=1, num_inference_steps=5)
+    ema = load_policy(save_dp_checkpoint(p, tmp_path / "e.ckpt", use_ema=True,
+                                         model_state=raw.state_dict()))
+    assert ema.fingerprint == p.fingerprint
+    plain = load_policy(save_dp_checkpoint(p, tmp_path / "m.ckpt", use_ema=False,
+                                           model_state=raw.state_dict()))
+    assert plain.fingerprint == raw.fingerprint != p.fingerprint
 
 
 def test_truncated_and_missing_files(tmp_path):

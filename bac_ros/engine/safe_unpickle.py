@@ -1,0 +1,111 @@
+"""A restricted unpickler for diffusion_policy ``.ckpt`` files (no arbitrary code).
+
+diffusion_policy saves ``torch.save(payload, pickle_module=dill)``. Its payload holds
+tensors, an OmegaConf cfg, optimizer state and a few dill-pickled values; torch's own
+``weights_only`` loader refuses some of these (``dill._dill._load_type``,
+``collections.defaultdict``, ``_codecs.encode``). This module lets ``torch.load`` read
+them through an allow-list: only the globals below can be created, anything from
+``diffusion_policy`` / ``hydra`` becomes an inert :class:`OpaqueObject`, and every
+other global (``os.system``, ``builtins.eval``, ...) raises ``UnpicklingError``
+before it can run. Nothing from diffusion_policy is imported.
+"""
+
+from __future__ import annotations
+
+import builtins
+import pickle
+import types
+from typing import Any
+
+# Modules whose classes we never import: replaced by inert stand-ins.
+OPAQUE_MODULE_PREFIXES = ("diffusion_policy", "hydra", "wandb", "robomimic")
+
+_BUILTIN_TYPES = {"dict", "list", "set", "frozenset", "tuple", "int", "float", "bool", "str",
+                  "bytes", "bytearray", "complex", "slice", "range", "object", "NoneType"}
+
+_ALLOWED: dict[str, set[str]] = {
+    "collections": {"OrderedDict", "defaultdict", "deque"},
+    "builtins": _BUILTIN_TYPES,
+    "__builtin__": _BUILTIN_TYPES,
+    "copyreg": {"_reconstructor"},
+    "_codecs": {"encode"},
+    "typing": {"Any", "Dict", "List", "Tuple", "Optional", "Union"},
+    "torch._utils": {"_rebuild_tensor_v2", "_rebuild_tensor", "_rebuild_parameter",
+                     "_rebuild_parameter_with_state"},
+    "torch": {"Size", "device", "float32", "float16", "bfloat16", "float64", "int64", "int32",
+              "uint8", "bool"},
+    "numpy": {"dtype", "ndarray"},
+    "numpy.core.multiarray": {"_reconstruct", "scalar"},
+    "numpy._core.multiarray": {"_reconstruct", "scalar"},
+    "omegaconf.dictconfig": {"DictConfig"},
+    "omegaconf.listconfig": {"ListConfig"},
+    "omegaconf.base": {"ContainerMetadata", "Metadata", "Container", "Node"},
+    "omegaconf.nodes": {"AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode",
+                        "EnumNode", "BytesNode", "PathNode", "ValueNode"},
+    "omegaconf": {"DictConfig", "ListConfig"},
+}
+
+
+class OpaqueObject:
+    """Stand-in for a class we refuse to import; keeps its state for inspection only."""
+
+    _module = "?"
+    _qualname = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<opaque {self._module}.{self._qualname}>"
+
+
+def _opaque_class(module: str, name: str) -> type:
+    return type(name, (OpaqueObject,), {"_module": module, "_qualname": name})
+
+
+def _dill_load_type(name: str) -> type:
+    # dill pickles builtin types (dict, int, ...) by name; allow only plain data types.
+    if name in _BUILTIN_TYPES or name in ("DictType", "ListType", "TupleType", "StringType"):
+        t = getattr(builtins, name, None) or {"NoneType": type(None), "DictType": dict,
+                                              "ListType": list, "TupleType": tuple,
+                                              "StringType": str}.get(name)
+        if isinstance(t, type):
+            return t
+    raise pickle.UnpicklingError(
+        f"checkpoint asks dill for type {name!r}, which the restricted loader does not "
+        "allow. If you trust the file, load it with allow_pickle=True (`--allow-pickle`)."
+    )
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` whose ``find_class`` only resolves allow-listed globals."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.split(".")[0] in OPAQUE_MODULE_PREFIXES:
+            return _opaque_class(module, name)
+        if module == "dill._dill" and name == "_load_type":
+            return _dill_load_type
+        if name in _ALLOWED.get(module, ()):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"checkpoint references {module}.{name}, which the restricted loader does not "
+            "allow (it could run code). If you trust the file, load it with "
+            "allow_pickle=True (`bac convert --allow-pickle`, ROS parameter "
+            "`allow_pickle_checkpoint`)."
+        )
+
+
+def _load(file, **kwargs: Any) -> Any:
+    return RestrictedUnpickler(file, **kwargs).load()
+
+
+# What torch.load(pickle_module=...) needs: Unpickler (zip format) and load (legacy format).
+restricted_pickle_module = types.SimpleNamespace(
+    __name__="bac_ros_restricted_pickle", Unpickler=RestrictedUnpickler, load=_load,
+    UnpicklingError=pickle.UnpicklingError,
+)
+
+__all__ = ["OpaqueObject", "RestrictedUnpickler", "restricted_pickle_module"]
