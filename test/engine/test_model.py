@@ -84,3 +84,57 @@ def test_observer_sees_every_block_and_does_not_change_output():
         b = m(x, 10, c, observer=lambda i, d: seen.append((i, d.shape)))
     assert torch.equal(a, b)
     assert [i for i, _ in seen] == list(range(6))
+
+
+def _reference_forward(m: TransformerForDiffusion, sample, t, cond):
+    """diffusion_policy's TransformerForDiffusion.forward with torch's own decoder/encoder."""
+    cfg = m.config
+    layer_cls = nn.TransformerEncoderLayer if m.encoder_only else nn.TransformerDecoderLayer
+    ref = layer_cls(cfg.n_emb, cfg.n_head, 4 * cfg.n_emb, dropout=0.0, activation="gelu",
+                    batch_first=True, norm_first=True)
+    stack_cls = nn.TransformerEncoder if m.encoder_only else nn.TransformerDecoder
+    extra = {"enable_nested_tensor": False} if m.encoder_only else {}
+    stack = stack_cls(ref, num_layers=cfg.n_layer, **extra).eval()
+    ours = m.encoder if m.encoder_only else m.decoder
+    stack.load_state_dict(ours.state_dict())
+    time_emb = m.time_emb(t.expand(sample.shape[0])).unsqueeze(1)
+    input_emb = m.input_emb(sample)
+    if m.encoder_only:
+        x = torch.cat([time_emb, input_emb], dim=1) + m.pos_emb[:, : input_emb.shape[1] + 1]
+        return m.head(m.ln_f(stack(x, mask=m.mask)[:, 1:]))
+    c = time_emb
+    if cfg.obs_as_cond:
+        c = torch.cat([c, m.cond_obs_emb(cond)], dim=1)
+    memory = m.encoder(c + m.cond_pos_emb[:, : c.shape[1]])
+    x = input_emb + m.pos_emb[:, : input_emb.shape[1]]
+    x = stack(tgt=x, memory=memory, tgt_mask=m.mask, memory_mask=m.memory_mask)
+    return m.head(m.ln_f(x))
+
+
+@pytest.mark.parametrize("opts", [
+    dict(causal_attn=True, n_cond_layers=0),
+    dict(causal_attn=False, n_cond_layers=0),
+    dict(causal_attn=True, n_cond_layers=2),
+    dict(causal_attn=True, time_as_cond=False, cond_dim=0),  # encoder-only
+    dict(causal_attn=False, time_as_cond=True, cond_dim=0),  # time-only memory
+])
+def test_full_model_matches_reference_forward(opts):
+    """The whole forward equals diffusion_policy's, built from torch's layers, per option."""
+    torch.manual_seed(1)
+    kw = dict(input_dim=3, output_dim=3, horizon=10, n_obs_steps=3, cond_dim=5, n_layer=2,
+              n_head=4, n_emb=32, p_drop_attn=0.1)
+    m = TransformerForDiffusion(TransformerConfig(**{**kw, **opts})).eval()
+    with torch.no_grad():  # non-trivial biases / embeddings, so every term is exercised
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sample, t = torch.randn(2, 10, 3), torch.tensor(37)
+    cond = torch.randn(2, 3, 5) if m.config.obs_as_cond else None
+    with torch.no_grad():
+        got = m(sample, t, cond)
+        want = _reference_forward(m, sample, t, cond)
+    assert (got - want).abs().max().item() <= 1e-5
+    if opts["causal_attn"]:  # the reference's causal mask, built independently
+        T = m.pos_emb.shape[1]
+        assert torch.equal(m.mask, nn.Transformer.generate_square_subsequent_mask(T))
+    else:
+        assert m.mask is None and m.memory_mask is None

@@ -82,9 +82,10 @@ def test_replay_bag_through_node(tiny_files, messages):
     assert all(c.schedule_id == sched.schedule_id for c in chunks[:n_bac])
     assert chunks[-1].schedule_id == ""
     # control stream at control_rate_hz (10 Hz) within tolerance while chunks were available
+    # (median interval: the stream holds, by design, whenever no valid action is due)
     t = np.array([t for t, _ in res.commands])
-    rate = (len(t) - 1) / (t[-1] - t[0])
-    assert 8.0 <= rate <= 12.0, rate
+    rate = 1.0 / np.median(np.diff(t))
+    assert len(t) > 20 and 8.0 <= rate <= 12.0, rate
 
 
 def _publish(live, topic, msg, n=1, period=0.0):
