@@ -50,14 +50,16 @@ class UnsupportedArchitectureError(CheckpointError):
 def fingerprint_policy(policy: DiffusionPolicy) -> str:
     """sha256 of the canonical config JSON + every weight (fp32, sorted keys); 16 hex chars.
 
-    Only what changes the network's numbers enters: names, control period and the
-    inference step count (checked separately by schedules) do not.
+    Only what the network and its training schedule define enters: names, control period,
+    the sampler type and step count (``set_scheduler``; schedules check those themselves)
+    do not, so switching DDPM-100 -> DDIM-10 keeps the fingerprint.
     """
     h = hashlib.sha256()
     cfg = policy.config.to_dict()
     for key in ("name", "action_names", "obs_low_dim_names", "control_period_s"):
         cfg.pop(key)
     cfg["scheduler"].pop("num_inference_steps")
+    cfg["scheduler"].pop("type")
     h.update(json.dumps(cfg, sort_keys=True).encode())
     for key, t in sorted(_unique_state_dict(policy).items()):
         h.update(key.encode())

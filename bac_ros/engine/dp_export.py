@@ -81,7 +81,12 @@ def save_dp_checkpoint(policy: DiffusionPolicy, path: str | Path, use_ema: bool 
     """
     import dill
 
-    sd = policy.state_dict()
+    # Empty parameters diffusion_policy's ModuleAttrMixin registers on the policy and its
+    # mask generator; its workspace loads with strict=True, so they must be present.
+    empty = {"_dummy_variable": torch.empty(0), "mask_generator._dummy_variable": torch.empty(0)}
+    sd = {**empty, **policy.state_dict()}
+    if model_state is not None:
+        model_state = {**empty, **model_state}
     payload = {
         "cfg": dp_cfg(policy, use_ema),
         "state_dicts": {"model": model_state or sd, "ema_model": sd,

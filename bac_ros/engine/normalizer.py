@@ -76,11 +76,15 @@ class LinearNormalizer(nn.Module):
 
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         p = self._field(key)
-        return x * p["scale"] + p["offset"]
+        scale, offset = p["scale"], p["offset"]
+        # diffusion_policy applies params over consecutive groups of scale.numel() values
+        # (reshape(-1, n)); same here, so per-channel image scales behave identically.
+        return (x.reshape(-1, scale.numel()) * scale + offset).reshape(x.shape)
 
     def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         p = self._field(key)
-        return (x - p["offset"]) / p["scale"]
+        scale, offset = p["scale"], p["offset"]
+        return ((x.reshape(-1, scale.numel()) - offset) / scale).reshape(x.shape)
 
     def _field(self, key: str) -> nn.ParameterDict:
         if key not in self.params_dict:

@@ -8,6 +8,7 @@ executed slice is ``To-1 .. To-1+n_action_steps`` of the predicted horizon.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
@@ -68,12 +69,25 @@ class DiffusionPolicy(nn.Module):
         return int(self.scheduler.num_inference_steps)
 
     def set_num_inference_steps(self, k: int) -> None:
+        """Denoising steps per chunk (K); the config follows so a saved policy keeps it."""
         if not isinstance(k, int) or not 1 <= k <= self.config.scheduler.num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps must be in [1, {self.config.scheduler.num_train_timesteps}]"
                 f". Got {k!r}."
             )
         self.scheduler.set_timesteps(k)
+        self.config.scheduler = dataclasses.replace(self.config.scheduler, num_inference_steps=k)
+
+    def set_scheduler(self, kind: str, num_inference_steps: Optional[int] = None) -> None:
+        """Switch sampler ("ddpm" | "ddim") keeping the trained noise schedule, e.g. DDIM-10.
+
+        The fingerprint does not change on purpose: it identifies the weights and the
+        training schedule; BAC schedules carry their own K and scheduler checks.
+        """
+        steps = num_inference_steps or self.config.scheduler.num_inference_steps
+        cfg = dataclasses.replace(self.config.scheduler, type=kind, num_inference_steps=steps)
+        self.scheduler = build_scheduler(cfg)
+        self.config.scheduler = cfg
 
     # -- inference ------------------------------------------------------------------------
     def validate_obs(self, obs: Mapping[str, object]) -> dict[str, torch.Tensor]:
