@@ -84,3 +84,23 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def write_calibration_npz(demos_path: str | Path, out: str | Path, n: int = 16,
+                          n_obs_steps: int = 2, seed: int = 0) -> Path:
+    """Observation histories from the demonstrations for `bac calibrate --source X.npz`."""
+    import io
+
+    d = np.load(demos_path)
+    ends = d["episode_ends"]
+    starts = np.concatenate([[0], ends[:-1]])
+    rng = np.random.default_rng(seed)
+    kp, ag = [], []
+    for ep in rng.choice(len(ends), size=n, replace=len(ends) < n):
+        t = int(rng.integers(starts[ep] + n_obs_steps - 1, ends[ep]))
+        window = d["obs_lowdim"][t - n_obs_steps + 1:t + 1]
+        kp.append(window[:, :16])
+        ag.append(window[:, 16:18])
+    buf = io.BytesIO()
+    np.savez(buf, keypoints=np.stack(kp), agent_pos=np.stack(ag))
+    return atomic_write_bytes(out, buf.getvalue())
