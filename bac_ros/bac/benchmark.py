@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from bac_ros.bac.cache import ScheduledBlockCache
 from bac_ros.bac.capture import capture_features
 from bac_ros.bac.flops import model_flops
 from bac_ros.bac.similarity import caching_error, cosine_similarity_matrix
-from bac_ros.engine.schedulers import build_scheduler
 from bac_ros.engine.testing import random_obs
 
 
@@ -37,12 +35,6 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.warmup < 0 or self.batch < 1:
             raise ValueError("repeats >= 1, warmup >= 0 and batch >= 1 are required.")
-
-
-def _use_scheduler(policy, kind: str, steps: int) -> None:
-    cfg = dataclasses.replace(policy.config.scheduler, type=kind, num_inference_steps=steps)
-    policy.config.scheduler = cfg
-    policy.scheduler = build_scheduler(cfg)
 
 
 def _sync(device):
@@ -67,7 +59,7 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
         settings.append(("ddim", cfg.ddim_steps, cfg.ddim_budget))
     rows = []
     for kind, K, S in settings:
-        _use_scheduler(policy, kind, K)
+        policy.set_scheduler(kind, K)
         feats = capture_features(policy, calib_obs, [0], progress=False)
         sim = np.stack([cosine_similarity_matrix(f).numpy() for f in feats])
         err = np.array([caching_error(f).item() for f in feats])

@@ -27,19 +27,12 @@ def add_policy_args(parser, required: bool = False) -> None:
 
 
 def load_policy_from_args(args):
-    import dataclasses
-
     from bac_ros.engine.checkpoint import load_policy
-    from bac_ros.engine.schedulers import build_scheduler
 
     path = args.checkpoint or DEFAULT_POLICY
     policy = load_policy(path, device=args.device, allow_pickle=args.allow_pickle)
     if args.scheduler and args.scheduler != policy.config.scheduler.type:
-        cfg = dataclasses.replace(policy.config.scheduler, type=args.scheduler,
-                                  num_inference_steps=args.steps or
-                                  policy.config.scheduler.num_inference_steps)
-        policy.config.scheduler = cfg
-        policy.scheduler = build_scheduler(cfg)
+        policy.set_scheduler(args.scheduler, args.steps or policy.num_inference_steps)
     if args.steps:
         policy.set_num_inference_steps(args.steps)
     return policy

@@ -7,7 +7,6 @@ initial noise per (episode, chunk), so differences come from caching alone.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from bac_ros.bac.cache import ScheduledBlockCache
 from bac_ros.bac.capture import capture_features
 from bac_ros.bac.flops import model_flops
 from bac_ros.bac.similarity import caching_error, cosine_similarity_matrix
-from bac_ros.engine.schedulers import build_scheduler
 from bac_ros.pusht.env import make_env
 
 # (name, scheduler, K, schedule method, S, BUA n)
@@ -63,12 +61,6 @@ def _obs_dict(hist, policy):
 def _obs_type(policy) -> str:
     return "pixels_agent_pos" if policy.config.shape_meta.rgb_keys else \
         "environment_state_agent_pos"
-
-
-def _set_scheduler(policy, kind: str, K: int) -> None:
-    cfg = dataclasses.replace(policy.config.scheduler, type=kind, num_inference_steps=K)
-    policy.config.scheduler = cfg
-    policy.scheduler = build_scheduler(cfg)
 
 
 def rollout(policy, cfg: EvalConfig, cache=None, record: int = 0, progress: bool = True):
@@ -122,7 +114,7 @@ def evaluate(policy, cfg: EvalConfig, out_dir: str | Path, progress: bool = True
     stats: dict = {}
     rows, gifs = [], {}
     for name, kind, K, method, S, n in cfg.methods:
-        _set_scheduler(policy, kind, K)
+        policy.set_scheduler(kind, K)
         cache, frac = None, 1.0
         if method != "full":
             if (kind, K) not in stats:
