@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 JOINT_NAMES = ["agent_x", "agent_y"]
 # The T's 8 keypoints (gym-pusht's environment_state order) as named values.
 KEYPOINT_NAMES = [f"kp{i}_{a}" for i in range(8) for a in "xy"]
