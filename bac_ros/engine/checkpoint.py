@@ -189,18 +189,26 @@ def read_dp_payload(path: Path, allow_pickle: bool) -> dict:
 
 def config_from_dp_cfg(cfg) -> tuple[PolicyConfig, bool]:
     """PolicyConfig from a diffusion_policy hydra cfg; returns (config, use_ema)."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     if not OmegaConf.has_resolver("eval"):
         # Arithmetic only (no builtins, no calls): cfgs come from files we do not trust.
         register = getattr(OmegaConf, "register_resolver", None) or \
             OmegaConf.register_new_resolver
         register("eval", safe_eval)
+    # Resolve only what we read: the rest of a real cfg holds hydra-only interpolations
+    # (``${now:...}`` in logging / multi_run) that need hydra's resolvers.
     try:
-        c = OmegaConf.to_container(cfg, resolve=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"cannot resolve the checkpoint's cfg: {exc}") from exc
-    pol = c.get("policy") or {}
+        if not isinstance(cfg, DictConfig) or "policy" not in cfg:
+            raise CheckpointError("the checkpoint's cfg has no 'policy' section; is it a "
+                                  "diffusion_policy workspace checkpoint?")
+        pol = OmegaConf.to_container(cfg.policy, resolve=True)
+        training = cfg.get("training")
+        use_ema = bool(training.get("use_ema", False)) if training is not None else False
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - omegaconf raises many types
+        raise CheckpointError(f"cannot resolve the checkpoint's cfg.policy: {exc}") from exc
     target = str(pol.get("_target_", ""))
     if "transformer" not in target.lower():
         raise UnsupportedArchitectureError(
@@ -239,7 +247,11 @@ def config_from_dp_cfg(cfg) -> tuple[PolicyConfig, bool]:
         obs_dim, action_dim = int(pol["obs_dim"]), int(pol["action_dim"])
         shape_meta = ShapeMeta(obs={"obs": {"shape": [obs_dim], "type": "low_dim"}},
                                action_shape=[action_dim])
-        tcfg = TransformerConfig(**m)
+        try:
+            tcfg = TransformerConfig(**m)
+        except TypeError as exc:
+            raise CheckpointError(f"cfg.policy.model has options bac_ros does not know "
+                                  f"({exc}); expected TransformerForDiffusion's.") from exc
         enc = None
     else:
         sm = pol["shape_meta"]
@@ -262,7 +274,6 @@ def config_from_dp_cfg(cfg) -> tuple[PolicyConfig, bool]:
     config = PolicyConfig(shape_meta=shape_meta, transformer=tcfg, scheduler=sched,
                           obs_encoder=enc, horizon=horizon, n_obs_steps=To, n_action_steps=Na,
                           name=target.rsplit(".", 1)[-1])
-    use_ema = bool((c.get("training") or {}).get("use_ema", False))
     return config, use_ema
 
 

@@ -29,7 +29,12 @@ def dp_cfg(policy: DiffusionPolicy, use_ema: bool = True):
               "noise_scheduler": scheduler}
     top = {"horizon": c.horizon, "n_obs_steps": c.n_obs_steps,
            "n_action_steps": c.n_action_steps, "obs_as_cond": True,
-           "training": {"use_ema": use_ema, "seed": 42}, "name": "train_test"}
+           "training": {"use_ema": use_ema, "seed": 42}, "name": "train_test",
+           "task_name": "${task.name}", "task": {"name": c.name},
+           # hydra-only interpolations as real workspaces save them (loaders must not need them)
+           "logging": {"name": "${now:%Y.%m.%d-%H.%M.%S}_${name}_${task_name}"},
+           "ema": {"_target_": "diffusion_policy.model.diffusion.ema_model.EMAModel",
+                   "power": 0.75, "max_value": 0.9999}}
     if list(c.shape_meta.obs) == ["obs"]:  # diffusion_policy's lowdim layout
         obs_dim = c.shape_meta.obs["obs"].shape[0]
         top.update(obs_dim=obs_dim, action_dim=c.shape_meta.action_dim)
@@ -37,7 +42,7 @@ def dp_cfg(policy: DiffusionPolicy, use_ema: bool = True):
                              "TransformerForDiffusion",
                  "input_dim": "${eval:'${action_dim} if ${obs_as_cond} else ${obs_dim} + "
                               "${action_dim}'}",
-                 "output_dim": "${action_dim}", "horizon": "${horizon}",
+                 "output_dim": "${policy.model.input_dim}", "horizon": "${horizon}",
                  "n_obs_steps": "${n_obs_steps}",
                  "cond_dim": "${eval:'${obs_dim} if ${obs_as_cond} else 0'}",
                  "n_layer": t.n_layer, "n_head": t.n_head, "n_emb": t.n_emb,
