@@ -9,6 +9,7 @@ install small and free of robomimic's heavy dependencies.
 
 from __future__ import annotations
 
+import math
 import numpy as np
 import torch
 import torch.nn as nn
@@ -68,8 +69,9 @@ class VisualCore(nn.Module):
     def __init__(self, input_shape: tuple[int, int, int], cfg: ObsEncoderConfig):
         super().__init__()
         self.backbone = ResNet18Conv(cfg.use_group_norm)
-        with torch.no_grad():
-            feat_shape = tuple(self.backbone(torch.zeros(1, *input_shape)).shape[1:])
+        # robomimic's ResNet18Conv.output_shape: 512 channels, stride 32 (no dummy forward,
+        # which BatchNorm would reject for one sample in train mode).
+        feat_shape = (512, math.ceil(input_shape[1] / 32), math.ceil(input_shape[2] / 32))
         self.pool = SpatialSoftmax(feat_shape, cfg.num_keypoints)
         linear = nn.Linear(cfg.num_keypoints * 2, cfg.feature_dim)
         self.nets = nn.Sequential(self.backbone, self.pool, nn.Flatten(1, -1), linear)
