@@ -10,6 +10,7 @@ install small and free of robomimic's heavy dependencies.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 import torch.nn as nn
