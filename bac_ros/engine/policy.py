@@ -169,9 +169,15 @@ class DiffusionPolicy(nn.Module):
 
         With ``noise`` but no ``generator``, the per-step DDPM noise is drawn from a
         generator seeded with 0, so caller-supplied noise alone is deterministic.
+        ``num_inference_steps`` applies to this call only.
         """
-        if num_inference_steps is not None and num_inference_steps != self.num_inference_steps:
+        previous = self.num_inference_steps
+        if num_inference_steps is not None and num_inference_steps != previous:
             self.set_num_inference_steps(num_inference_steps)
+            try:  # a per-call K; the policy's own K is restored afterwards
+                return self.predict(obs, generator=generator, noise=noise, cache=cache)
+            finally:
+                self.set_num_inference_steps(previous)
         cond = self.encode_condition(obs)
         B = cond.shape[0]
         if noise is None:

@@ -66,3 +66,44 @@ def test_image_policy_predicts():
     b = p.predict(obs, generator=torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(a.action, b.action)
     assert np.isfinite(a.action).all()
+
+
+def test_set_scheduler_ddim_from_ddpm_keeps_fingerprint():
+    """DDPM-trained policy switches to DDIM-k; fingerprint (weights + training) is kept."""
+    from bac_ros.engine.checkpoint import fingerprint_policy
+
+    p = make_tiny_policy("lowdim", num_inference_steps=10)
+    fp = p.fingerprint
+    p.set_scheduler("ddim", 4)
+    assert type(p.scheduler).__name__ == "DDIMScheduler" and p.num_inference_steps == 4
+    assert p.config.scheduler.type == "ddim" and p.config.scheduler.num_inference_steps == 4
+    assert fingerprint_policy(p) == fp
+    obs = random_obs(p)
+    noise = p.make_noise(1, torch.Generator().manual_seed(1))
+    a, b = p.predict(obs, noise=noise), p.predict(obs, noise=noise)
+    np.testing.assert_array_equal(a.action, b.action)
+    assert a.blocks_total == 6 * 4
+
+
+def test_per_call_steps_and_observer(policy):
+    """num_inference_steps is per call; denoise's observer sees every (step, block)."""
+    obs = random_obs(policy)
+    assert policy.predict(obs, num_inference_steps=3).blocks_total == 6 * 3
+    assert policy.num_inference_steps == 10
+    seen = []
+    cond = policy.encode_condition(obs)
+    noise = policy.make_noise(1, torch.Generator().manual_seed(0))
+    policy.set_num_inference_steps(2)
+    try:
+        policy.denoise(cond, noise, observer=lambda k, b, d: seen.append((k, b, tuple(d.shape))))
+    finally:
+        policy.set_num_inference_steps(10)
+    assert [(k, b) for k, b, _ in seen] == [(k, b) for k in range(2) for b in range(6)]
+    assert all(s == (1, 16, 32) for _, _, s in seen)
+
+
+def test_noise_shape_is_checked(policy):
+    """Noise whose batch or horizon does not match the observations is refused."""
+    obs = random_obs(policy, batch=2)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        policy.predict(obs, noise=torch.zeros(1, 16, 2))
