@@ -187,6 +187,15 @@ def read_dp_payload(path: Path, allow_pickle: bool) -> dict:
                               "truncated or corrupt.") from exc
 
 
+# Constructor defaults of diffusion_policy's classes, for keys a cfg does not set.
+_TFD_DEFAULTS = dict(n_obs_steps=None, cond_dim=0, n_layer=12, n_head=12, n_emb=768,
+                     p_drop_emb=0.1, p_drop_attn=0.1, causal_attn=False, time_as_cond=True,
+                     n_cond_layers=0)
+_HYBRID_DEFAULTS = dict(crop_shape=(76, 76), obs_encoder_group_norm=False,
+                        eval_fixed_crop=False, n_layer=8, n_cond_layers=0, n_head=4, n_emb=256,
+                        p_drop_emb=0.0, p_drop_attn=0.3, causal_attn=True, time_as_cond=True)
+
+
 def config_from_dp_cfg(cfg) -> tuple[PolicyConfig, bool]:
     """PolicyConfig from a diffusion_policy hydra cfg; returns (config, use_ema)."""
     from omegaconf import DictConfig, OmegaConf
@@ -243,7 +252,9 @@ def config_from_dp_cfg(cfg) -> tuple[PolicyConfig, bool]:
     )
     horizon, To, Na = int(pol["horizon"]), int(pol["n_obs_steps"]), int(pol["n_action_steps"])
     if "lowdim" in target.lower():
-        m = {k: v for k, v in pol["model"].items() if not k.startswith("_")}
+        # Keys a cfg leaves out take TransformerForDiffusion.__init__'s defaults, not ours.
+        m = {**_TFD_DEFAULTS,
+             **{k: v for k, v in pol["model"].items() if not k.startswith("_")}}
         obs_dim, action_dim = int(pol["obs_dim"]), int(pol["action_dim"])
         shape_meta = ShapeMeta(obs={"obs": {"shape": [obs_dim], "type": "low_dim"}},
                                action_shape=[action_dim])
@@ -260,9 +271,14 @@ def config_from_dp_cfg(cfg) -> tuple[PolicyConfig, bool]:
                  for k, v in sm["obs"].items()},
             action_shape=sm["action"]["shape"],
         )
-        crop = pol.get("crop_shape")
+        pol = {**_HYBRID_DEFAULTS, **pol}
+        crop = pol["crop_shape"]
         enc = ObsEncoderConfig(crop_shape=tuple(crop) if crop else None,
-                               use_group_norm=bool(pol.get("obs_encoder_group_norm", False)))
+                               use_group_norm=bool(pol["obs_encoder_group_norm"]))
+        if crop and not pol.get("eval_fixed_crop"):
+            # robomimic 0.2 random-crops even in eval; a deterministic node centre-crops.
+            warnings.warn(f"{target}: eval_fixed_crop=False in the cfg; bac_ros centre-crops "
+                          "at inference (diffusion_policy would random-crop).", stacklevel=2)
         feat = sum(enc.feature_dim if s.type == "rgb" else s.shape[0]
                    for s in shape_meta.obs.values())
         tcfg = TransformerConfig(

@@ -212,6 +212,12 @@ class PolicyConfig:
             )
         if self.shape_meta.rgb_keys and self.obs_encoder is None:
             self.obs_encoder = ObsEncoderConfig()
+        crop = self.obs_encoder.crop_shape if self.obs_encoder is not None else None
+        for key in self.shape_meta.rgb_keys if crop else ():
+            hw = self.shape_meta.obs[key].shape[1:]
+            if crop[0] > hw[0] or crop[1] > hw[1]:
+                raise ValueError(f"obs_encoder.crop_shape {crop} is larger than rgb key {key!r}"
+                                 f" (H, W) = {hw}; use a crop within the image.")
         if self.action_names and len(self.action_names) != self.shape_meta.action_dim:
             raise ValueError(
                 f"`action_names` has {len(self.action_names)} names but the action dim is "

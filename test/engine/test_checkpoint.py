@@ -151,3 +151,25 @@ def test_missing_key_and_shape_mismatch(tmp_path):
     save_file(w, str(tmp_path / "s.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="shape mismatch.*head.bias"):
         load_policy(tmp_path / "s.safetensors")
+
+
+def test_missing_cfg_keys_take_reference_defaults(tmp_path):
+    """cfg keys left out fall back to diffusion_policy's constructor defaults."""
+    from bac_ros.engine.checkpoint import config_from_dp_cfg
+    from bac_ros.engine.testing import dp_cfg
+
+    cfg = dp_cfg(make_tiny_policy("image", num_inference_steps=2, image_hw=96))
+    for key in ("crop_shape", "obs_encoder_group_norm", "causal_attn", "n_head"):
+        del cfg.policy[key]
+    with pytest.warns(UserWarning, match="eval_fixed_crop"):
+        cfg.policy.eval_fixed_crop = False
+        config, use_ema = config_from_dp_cfg(cfg)
+    assert config.obs_encoder.crop_shape == (76, 76)
+    assert config.obs_encoder.use_group_norm is False
+    assert config.transformer.causal_attn is True and config.transformer.n_head == 4
+    low = dp_cfg(lowdim_dp_policy(num_inference_steps=2))
+    del low.policy.model.causal_attn
+    assert config_from_dp_cfg(low)[0].transformer.causal_attn is False
+    cfg.policy.crop_shape = [100, 100]  # larger than the 96 px image
+    with pytest.raises(ValueError, match="crop_shape.*image"):
+        config_from_dp_cfg(cfg)
