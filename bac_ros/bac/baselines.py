@@ -29,6 +29,7 @@ def build_schedule(
     similarity: np.ndarray | None = None,  # (n_blocks, K, K)
     caching_error: np.ndarray | None = None,  # (n_blocks,)
     bua_top_n: int = 5,
+    bua_min_selected: int = 2,
     force_last_step: bool = False,
     calibration: dict | None = None,
     flops: tuple[list[int], int] | None = None,
@@ -50,7 +51,8 @@ def build_schedule(
         if method == "bac":
             if caching_error is None:
                 raise ValueError("method 'bac' needs the per-block caching error.")
-            sets, selected = bubbling_union(blocks, sets, caching_error, bua_top_n)
+            sets, selected = bubbling_union(blocks, sets, caching_error, bua_top_n,
+                                            min_selected=bua_min_selected)
     else:
         raise ValueError(f"unknown schedule method {method!r}; use full, uniform, shared_acs, "
                          "acs or bac.")

@@ -25,6 +25,7 @@ TABLE_METHODS = ("full", "uniform", "shared_acs", "acs", "bac")
 class CalibrationConfig:
     budget: int = 10  # S: updates per block incl. step 0
     bua_top_n: int = 5  # n
+    bua_min_selected: int = 2  # BUA is skipped below this many picks (authors: 2)
     seeds: list[int] = field(default_factory=lambda: [0])
     max_observations: int = 4
     force_last_step: bool = False
@@ -41,6 +42,12 @@ class CalibrationConfig:
             raise ValueError("`seeds` must list at least one noise seed.")
         if self.max_observations < 1:
             raise ValueError(f"`max_observations` must be >= 1. Got {self.max_observations}.")
+        bad = [S for S in self.table_budgets if S < 1]
+        if bad:
+            raise ValueError(f"`table_budgets` must all be >= 1. Got {self.table_budgets}.")
+        if self.eval_samples < 1 or self.timing_repeats < 1:
+            raise ValueError("`eval_samples` and `timing_repeats` must be >= 1. Got "
+                             f"{self.eval_samples} and {self.timing_repeats}.")
 
 
 @dataclass
@@ -53,35 +60,33 @@ class CalibrationResult:
     files: dict[str, str]
 
 
-def load_npz_observations(path: str | Path, policy, limit: int) -> list[dict]:
-    """npz with one array per obs key shaped (N, n_obs_steps, *shape)."""
-    data = np.load(path)
-    keys = list(policy.config.shape_meta.obs)
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise ValueError(f"{path}: missing observation arrays {missing}; it has {list(data)}.")
-    n = min(len(data[k]) for k in keys)
-    if n == 0:
-        raise ValueError(f"{path}: holds no observations.")
-    idx = np.linspace(0, n - 1, min(n, limit)).round().astype(int)
-    return [{k: data[k][i:i + 1].astype(np.float32) for k in keys} for i in idx]
+def _jaccard(a: set[int], b: set[int]) -> float:
+    return len(a & b) / len(a | b)
 
 
 def schedule_stability(features: torch.Tensor, budget: int, force_last: bool,
                        reference: list[list[int]]) -> dict:
-    """Mean Jaccard between per-sample ACS sets and the averaged-calibration sets."""
+    """How much the ACS update sets depend on which calibration sample was used.
+
+    For each sample alone (one observation x one noise seed, what the authors calibrate
+    from) build every block's ACS set, then report the Jaccard index of those sets
+    (a) against the sets from the averaged calibration (``reference``) and (b) between
+    every pair of single-sample schedules. 1.0 = identical sets.
+    """
     n_blocks, N = features.shape[:2]
     if N < 2:
-        return {"samples": int(N), "mean_jaccard": None}
-    scores = []
-    for s in range(N):
-        for b in range(n_blocks):
-            sim = cosine_similarity_matrix(features[b, s:s + 1]).numpy()
-            steps = set(acs_schedule(sim, budget, force_last))
-            ref = set(reference[b])
-            scores.append(len(steps & ref) / len(steps | ref))
-    return {"samples": int(N), "mean_jaccard": float(np.mean(scores)),
-            "min_jaccard": float(np.min(scores))}
+        return {"samples": int(N), "mean_jaccard": None, "min_jaccard": None,
+                "pairwise_mean_jaccard": None}
+    single = [[set(acs_schedule(cosine_similarity_matrix(features[b, s:s + 1]).numpy(),
+                                budget, force_last)) for b in range(n_blocks)]
+              for s in range(N)]
+    vs_ref = [_jaccard(single[s][b], set(reference[b])) for s in range(N) for b in range(n_blocks)]
+    pairs = [_jaccard(single[i][b], single[j][b]) for i in range(N) for j in range(i + 1, N)
+             for b in range(n_blocks)]
+    return {"samples": int(N), "mean_jaccard": round(float(np.mean(vs_ref)), 4),
+            "min_jaccard": round(float(np.min(vs_ref)), 4),
+            "pairwise_mean_jaccard": round(float(np.mean(pairs)), 4),
+            "pairwise_min_jaccard": round(float(np.min(pairs)), 4)}
 
 
 def _timed_denoise(policy, cond, noise, cache, repeats):
@@ -138,8 +143,10 @@ def calibrate(policy, observations: Iterable[Mapping], config: CalibrationConfig
     out_path = Path(out_path)
     blocks = policy.model.blocks()
     K = policy.num_inference_steps
-    if config.budget > K:
-        raise ValueError(f"budget S={config.budget} exceeds the policy's K={K} steps.")
+    too_big = [S for S in [config.budget, *config.table_budgets] if S > K]
+    if too_big:
+        raise ValueError(f"budget S={too_big} exceeds the policy's K={K} denoising steps; "
+                         "choose S <= K or run the policy with more steps.")
     feats = capture_features(policy, observations, config.seeds, progress=progress)
     sim = np.stack([cosine_similarity_matrix(f).numpy() for f in feats])
     err = np.array([caching_error(f).item() for f in feats])
@@ -149,6 +156,7 @@ def calibrate(policy, observations: Iterable[Mapping], config: CalibrationConfig
     common = dict(blocks=blocks, K=K, fingerprint=policy.fingerprint,
                   scheduler_type=policy.config.scheduler.type, similarity=sim,
                   caching_error=err, bua_top_n=config.bua_top_n,
+                  bua_min_selected=config.bua_min_selected,
                   force_last_step=config.force_last_step, calibration=calib, flops=flops)
     schedule = build_schedule("bac", budget=config.budget, **common)
     save_schedule(schedule, out_path)

@@ -19,12 +19,19 @@ def register(subparsers) -> None:
                    help="calibration observations: a rosbag2 directory/.mcap, or an .npz with "
                         "one (N, n_obs_steps, *shape) array per observation key; default: "
                         "the bundled bag")
-    p.add_argument("--budget", "-S", type=int, default=10, help="updates per block S (incl. 0)")
+    p.add_argument("--steps-budget", "--budget", "-S", dest="budget", type=int, default=10,
+                   help="updates per block S, step 0 included (the paper's S)")
     p.add_argument("--bua-top-n", "-n", type=int, default=5, help="BUA top-n blocks")
-    p.add_argument("--observations", type=int, default=4, help="calibration observations")
+    p.add_argument("--samples", "--observations", dest="observations", type=int, default=4,
+                   help="calibration observations taken from the source (spread evenly over "
+                        "it); each is run with every seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise seeds")
     p.add_argument("--force-last-step", action="store_true",
                    help="always recompute the last step (the authors' code does)")
+    p.add_argument("--eval-samples", type=int, default=4,
+                   help="(observation, noise) pairs per row of the fidelity table")
+    p.add_argument("--timing-repeats", type=int, default=3,
+                   help="timed denoiser runs per sample and method (median is reported)")
     p.add_argument("--table-budgets", type=int, nargs="*", default=None,
                    help="S values for the fidelity table (default: the chosen S)")
     p.add_argument("--out", "-o", required=True, help="schedule file to write (.yaml)")
@@ -34,24 +41,11 @@ def register(subparsers) -> None:
 
 
 def observations_from_source(source, policy, limit):
-    from pathlib import Path
-
-    from bac_ros.bac.calibrate import load_npz_observations
+    """--source (npz, zarr or rosbag2) or the bundled bag -> list of history dicts."""
+    from bac_ros.bac.capture import load_observations
     from bac_ros.cli.common import DEFAULT_BAG
 
-    path = Path(source) if source else DEFAULT_BAG
-    if path.suffix == ".npz":
-        return load_npz_observations(path, policy, limit)
-    from bac_ros.node.bag_observations import iter_bag_observations
-
-    obs = []
-    for o in iter_bag_observations(path, policy):
-        obs.append(o)
-    if not obs:
-        raise ValueError(f"{path}: no complete observation history in this bag (check the "
-                         "topics and that camera and joint-state stamps overlap).")
-    step = max(1, len(obs) // limit)
-    return obs[::step][:limit]
+    return load_observations(source or DEFAULT_BAG, policy, limit)
 
 
 def run(args) -> int:
@@ -61,7 +55,8 @@ def run(args) -> int:
     cfg = CalibrationConfig(budget=args.budget, bua_top_n=args.bua_top_n, seeds=args.seeds,
                             max_observations=args.observations,
                             force_last_step=args.force_last_step,
-                            table_budgets=args.table_budgets or [])
+                            table_budgets=args.table_budgets or [],
+                            eval_samples=args.eval_samples, timing_repeats=args.timing_repeats)
     obs = observations_from_source(args.source, policy, args.observations)
     res = calibrate(policy, obs, cfg, args.out, source=args.source or "bundled bag",
                     plots=not args.no_plots, progress=not args.json)

@@ -38,8 +38,15 @@ def test_calibrate_cli_json(tmp_path):
     np.savez(tmp_path / "obs.npz", **obs)
     out = subprocess.run(
         [sys.executable, "-m", "bac_ros.cli.main", "calibrate", str(ckpt), "--source",
-         str(tmp_path / "obs.npz"), "-S", "3", "-n", "2", "--out", str(tmp_path / "s.yaml"),
+         str(tmp_path / "obs.npz"), "--steps-budget", "3", "--bua-top-n", "2", "--samples", "2",
+         "--seeds", "0", "1",
+         "--eval-samples", "1", "--timing-repeats", "1", "--out", str(tmp_path / "s.yaml"),
          "--json", "--no-plots"], capture_output=True, text=True, check=True)
     data = json.loads(out.stdout)
     assert data["schedule"]["num_steps"] == 10 and data["schedule"]["budget"] == 3
     assert len(data["table"]) == 5
+    assert data["schedule"]["calibration"]["samples"] == 4  # 2 observations x 2 seeds
+    assert data["stability"]["samples"] == 4
+    assert 0.0 <= data["stability"]["pairwise_mean_jaccard"] <= 1.0
+    full = next(r for r in data["table"] if r["method"] == "full")
+    assert full["action_err_max"] == 0.0 and full["blocks_computed_frac"] == 1.0

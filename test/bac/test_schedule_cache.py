@@ -92,3 +92,39 @@ def test_roundtrip_and_validation(policy, tmp_path):
     (tmp_path / "junk.yaml").write_text("{{{: not yaml")
     with pytest.raises(ScheduleFormatError, match="YAML"):
         load_schedule(tmp_path / "junk.yaml")
+
+
+def test_cache_bounds_and_block_mismatch(policy):
+    """set_step outside [0, K) and a schedule for other blocks are rejected."""
+    sched = _sched(policy)
+    cache = ScheduledBlockCache(sched, policy.model.blocks())
+    with pytest.raises(IndexError, match="K=20"):
+        cache.set_step(20)
+    with pytest.raises(IndexError):
+        cache.set_step(-1)
+    with pytest.raises(ValueError, match="do not match"):
+        ScheduledBlockCache(sched, policy.model.blocks()[:3])
+
+
+def test_buffers_reused_across_chunks(policy):
+    """Cache buffers are allocated once and keep their addresses across chunks."""
+    cache = ScheduledBlockCache(_sched(policy, "uniform", 4), policy.model.blocks())
+    cond = policy.encode_condition(random_obs(policy))
+    policy.denoise(cond, policy.make_noise(1), cache=cache)
+    ptrs = [b.data_ptr() for b in cache._buffers]
+    policy.denoise(cond, policy.make_noise(1), cache=cache)
+    assert [b.data_ptr() for b in cache._buffers] == ptrs
+
+
+def test_flops_ratio_and_fraction(policy):
+    """Full compute is 1.0x and 100%; fewer updates give a larger expected FLOPs ratio."""
+    from bac_ros.bac.flops import model_flops
+
+    flops = model_flops(policy.model)
+    kw = dict(blocks=policy.model.blocks(), K=20, fingerprint=policy.fingerprint,
+              scheduler_type="ddpm", flops=flops)
+    full = build_schedule("full", budget=20, **kw)
+    few = build_schedule("uniform", budget=4, **kw)
+    assert full.flops_ratio == 1.0 and full.computed_fraction == 1.0
+    assert few.computed_fraction == pytest.approx(4 / 20)
+    assert 1.0 < few.flops_ratio < 5.0  # always-computed parts cap it below K/S
