@@ -41,7 +41,8 @@ _ALLOWED: dict[str, set[str]] = {
     "omegaconf.listconfig": {"ListConfig"},
     "omegaconf.base": {"ContainerMetadata", "Metadata", "Container", "Node"},
     "omegaconf.nodes": {"AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode",
-                        "EnumNode", "BytesNode", "PathNode", "ValueNode"},
+                        "EnumNode", "BytesNode", "PathNode", "ValueNode",
+                        "InterpolationResultNode"},
     "omegaconf": {"DictConfig", "ListConfig"},
 }
 

@@ -171,5 +171,5 @@ def test_missing_cfg_keys_take_reference_defaults(tmp_path):
     del low.policy.model.causal_attn
     assert config_from_dp_cfg(low)[0].transformer.causal_attn is False
     cfg.policy.crop_shape = [100, 100]  # larger than the 96 px image
-    with pytest.raises(ValueError, match="crop_shape.*image"):
+    with pytest.raises(ValueError, match="crop_shape.*image"), pytest.warns(UserWarning):
         config_from_dp_cfg(cfg)
