@@ -335,8 +335,11 @@ def build_policy(config: PolicyConfig, weights: dict[str, torch.Tensor], source:
             for n in names:
                 full.setdefault(n, weights[src])
     policy.load_state_dict(full, strict=False)
-    if "action" not in policy.normalizer:
-        raise CheckpointError(f"{source}: checkpoint has no normalizer for 'action'.")
+    missing_norm = [k for k in (*config.shape_meta.obs, "action") if k not in policy.normalizer]
+    if missing_norm:
+        raise CheckpointError(f"{source}: checkpoint has no normalizer for {missing_norm} "
+                              f"(it has {policy.normalizer.keys()}); re-export it with the "
+                              "normalizer the policy was trained with.")
     policy.eval()
     policy.fingerprint = fingerprint_policy(policy)
     return policy

@@ -128,7 +128,7 @@ class DiffusionPolicy(nn.Module):
         nobs = {}
         for key, x in obs.items():
             x = x.reshape(B * To, *x.shape[2:])
-            nobs[key] = self.normalizer.normalize(key, x) if key in self.normalizer else x
+            nobs[key] = self.normalizer.normalize(key, x)  # every key, as diffusion_policy
         return self.obs_encoder(nobs).reshape(B, To, -1)
 
     @torch.no_grad()
@@ -225,5 +225,5 @@ class DiffusionPolicy(nn.Module):
             x = obs[key][:, :To].to(self.device, torch.float32)
             B = x.shape[0]
             x = x.reshape(B * To, *x.shape[2:])
-            nobs[key] = self.normalizer.normalize(key, x) if key in self.normalizer else x
+            nobs[key] = self.normalizer.normalize(key, x)  # every key, as diffusion_policy
         return self.obs_encoder(nobs).reshape(B, To, -1)

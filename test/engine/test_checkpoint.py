@@ -173,3 +173,18 @@ def test_missing_cfg_keys_take_reference_defaults(tmp_path):
     cfg.policy.crop_shape = [100, 100]  # larger than the 96 px image
     with pytest.raises(ValueError, match="crop_shape.*image"), pytest.warns(UserWarning):
         config_from_dp_cfg(cfg)
+
+
+def test_missing_normalizer_field_is_an_error(tmp_path):
+    """A checkpoint without a normalizer for an observation key is refused, naming it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = save_policy(make_tiny_policy("lowdim"), tmp_path / "p.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    w = {k: v for k, v in load_file(str(path)).items()
+         if not k.startswith("normalizer.params_dict.agent_pos.")}
+    save_file(w, str(tmp_path / "n.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="no normalizer for \\['agent_pos'\\]"):
+        load_policy(tmp_path / "n.safetensors")
