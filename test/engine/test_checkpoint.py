@@ -188,3 +188,24 @@ def test_missing_normalizer_field_is_an_error(tmp_path):
     save_file(w, str(tmp_path / "n.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="no normalizer for \\['agent_pos'\\]"):
         load_policy(tmp_path / "n.safetensors")
+
+
+def test_fingerprint_tracks_weights_not_names(tmp_path):
+    """Fingerprint: 16 hex chars; a changed weight changes it, names / period do not."""
+    import dataclasses
+
+    from bac_ros.engine.checkpoint import fingerprint_policy
+
+    p = make_tiny_policy("lowdim", num_inference_steps=3)
+    fp = fingerprint_policy(p)
+    assert len(fp) == 16 and int(fp, 16) >= 0
+    p.config = dataclasses.replace(p.config, name="renamed", control_period_s=0.05)
+    assert fingerprint_policy(p) == fp
+    with torch.no_grad():
+        p.model.decoder.layers[1].linear2.bias[0] += 1e-3
+    assert fingerprint_policy(p) != fp
+    # a directory holding exactly one .safetensors loads as that file
+    d = tmp_path / "policy_dir"
+    d.mkdir()
+    save_policy(p, d / "model.safetensors")
+    assert load_policy(d).fingerprint == fingerprint_policy(p)
