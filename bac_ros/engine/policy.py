@@ -144,11 +144,15 @@ class DiffusionPolicy(nn.Module):
         sample = noise
         if cache is not None:
             cache.reset()
-        for k, t in enumerate(self.scheduler.timesteps):
+        timesteps = self.scheduler.timesteps
+        # One host->device copy per chunk instead of one per step; the scheduler keeps the
+        # CPU value (its tables live on the CPU).
+        timesteps_dev = timesteps.to(sample.device)
+        for k, t in enumerate(timesteps):
             if cache is not None:
                 cache.set_step(k)
             step_obs = None if observer is None else (lambda b, d, k=k: observer(k, b, d))
-            eps = self.model(sample, t, cond, cache=cache, observer=step_obs)
+            eps = self.model(sample, timesteps_dev[k], cond, cache=cache, observer=step_obs)
             sample = self.scheduler.step(eps, t, sample, generator=generator).prev_sample
         return sample
 
