@@ -102,9 +102,14 @@ class DiffusionPolicy(nn.Module):
                     f"observation key {key!r} is missing; the policy needs "
                     f"{list(self.config.shape_meta.obs)}."
                 )
-            x = torch.as_tensor(np.asarray(obs[key]) if not torch.is_tensor(obs[key])
-                                else obs[key])
             want = (To, *spec.shape)
+            try:
+                x = obs[key] if torch.is_tensor(obs[key]) else torch.as_tensor(np.asarray(obs[key]))
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(
+                    f"observation {key!r} is not a numeric array of shape (B, "
+                    f"{', '.join(map(str, want))}) ({type(obs[key]).__name__}: {exc})."
+                ) from exc
             if x.dim() != len(want) + 1 or tuple(x.shape[1:]) != want:
                 raise ValueError(
                     f"observation {key!r} must have shape (B, {', '.join(map(str, want))}) "

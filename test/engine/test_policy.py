@@ -49,6 +49,8 @@ def test_ddim_any_step_count():
     (lambda o: o["agent_pos"].__setitem__((0, 1, 0), np.nan), "NaN"),
     (lambda o: o["keypoints"].__setitem__((0, 0, 3), np.inf), "NaN or inf"),
     (lambda o: o.__setitem__("agent_pos", np.zeros((1, 2, 2), np.int64)), "float"),
+    (lambda o: o.__setitem__("agent_pos", [["a", "b"], ["c", "d"]]), "agent_pos.*numeric"),
+    (lambda o: o.__setitem__("keypoints", np.zeros((2, 2, 16), np.float32)), "batch"),
 ])
 def test_bad_observations_raise_clear_errors(policy, mutate, match):
     """Wrong shapes, missing keys, NaN/inf -> ValueError naming the key."""
