@@ -14,11 +14,21 @@ from launch_ros.actions import Node
 from launch import LaunchDescription
 
 
+def bundled_policy(policies_dir: str) -> tuple[str, str]:
+    """The bundled Push-T policy and its schedule: the image policy when shipped, else the
+    low-dim one (the default must point at a file that exists, or `ros2 launch` fails)."""
+    for name in ("pusht_image", "pusht_lowdim"):
+        ckpt = os.path.join(policies_dir, f"{name}.safetensors")
+        if os.path.exists(ckpt):
+            sched = os.path.join(policies_dir, f"{name}.schedule.yaml")
+            return ckpt, sched if os.path.exists(sched) else ""
+    return os.path.join(policies_dir, "pusht_image.safetensors"), ""
+
+
 def generate_launch_description():
     share = get_package_share_directory("bac_ros")
     data = os.path.join(share, "data")
-    default_ckpt = os.path.join(data, "policies", "pusht_image.safetensors")
-    default_sched = os.path.join(data, "policies", "pusht_image.schedule.yaml")
+    default_ckpt, default_sched = bundled_policy(os.path.join(data, "policies"))
     args = [
         DeclareLaunchArgument("checkpoint", default_value=default_ckpt,
                               description="policy checkpoint (.safetensors or .ckpt)"),

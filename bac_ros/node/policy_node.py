@@ -69,6 +69,7 @@ class PolicyNode(Node):
         self._latencies: collections.deque = collections.deque(maxlen=self.cfg.latency_window)
         self._chunk_times: collections.deque = collections.deque(maxlen=self.cfg.latency_window)
         self._last_trigger_s = -1e9
+        self._serving = False  # command stream state, logged on transitions
         self._configure()
         self._activate()
 
@@ -118,12 +119,22 @@ class PolicyNode(Node):
             self.get_logger().warning(f"parameter change rejected: {exc}")
             return SetParametersResult(successful=False, reason=str(exc))
         self.cfg = cand
+        self._apply_live(cand, changes)
+        return SetParametersResult(successful=True)
+
+    def _apply_live(self, cand: NodeConfig, changes: dict) -> None:
+        """Push accepted runtime changes into the helpers that cached the old values."""
         if hasattr(self, "actions"):
             self.actions.configure(cand.handover, cand.ensemble_decay, cand.blend_steps)
+        if hasattr(self, "buffer"):
+            self.buffer.tolerance_s = cand.sync_tolerance_s
+            self.buffer.max_future_s = cand.max_future_stamp_s
+        if "latency_window" in changes:
+            self._latencies = collections.deque(self._latencies, maxlen=cand.latency_window)
+            self._chunk_times = collections.deque(self._chunk_times, maxlen=cand.latency_window)
         if "control_rate_hz" in changes and hasattr(self, "_control_timer"):
             self._control_timer.timer_period_ns = int(1e9 / cand.control_rate_hz)
             self._control_timer.reset()
-        return SetParametersResult(successful=True)
 
     def _check_runtime_constraints(self, cand: NodeConfig) -> None:
         rt = getattr(self, "runtime", None)
@@ -199,7 +210,8 @@ class PolicyNode(Node):
         self._control_timer = self.create_timer(
             1.0 / self.cfg.control_rate_hz, self._on_control_tick,
             callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0, self._publish_diagnostics,
+        self.create_timer(1.0, lambda: self._guarded("diagnostics_errors",
+                                                     self._publish_diagnostics),
                           callback_group=MutuallyExclusiveCallbackGroup())
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -246,10 +258,27 @@ class PolicyNode(Node):
 
     # -- control stream -----------------------------------------------------------------------
     def _on_control_tick(self) -> None:
+        self._guarded("control_tick_errors", self._control_tick)
+
+    def _guarded(self, counter: str, fn) -> None:
+        """Run a timer callback; an exception is logged and counted, never kills the executor."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - keep serving; diagnostics report the count
+            self.counters[counter] += 1
+            self.warning = f"{counter.replace('_', ' ')}: {exc!r}"
+            self.get_logger().error(f"{self.warning}\n{traceback.format_exc()}",
+                                    throttle_duration_sec=1.0)
+
+    def _control_tick(self) -> None:
         now = self._now_s()
         due = self.actions.action_at(now)
         if due is None:
             self.counters["hold_ticks"] += 1
+            if self._serving:  # say so once per transition, not once per tick
+                self._serving = False
+                self.get_logger().warning("command stream holding: no valid action is due "
+                                          "(no fresh chunk; see ~/inference_latency)")
         elif self.pub_cmd is not None:
             action = [float(v) for v in due[0]]
             if isinstance(self.pub_cmd.msg_type(), JointState):
@@ -259,6 +288,9 @@ class PolicyNode(Node):
                 m = Float64MultiArray(data=action)
             self.pub_cmd.publish(m)
             self.counters["commands"] += 1
+        if due is not None and not self._serving:
+            self._serving = True
+            self.get_logger().info(f"command stream serving chunk {due[1]}")
         if self.cfg.replan_rate_hz > 0:
             trigger = now - self._last_trigger_s >= 1.0 / self.cfg.replan_rate_hz
         else:
@@ -389,7 +421,8 @@ class PolicyNode(Node):
     def _publish_diagnostics(self) -> None:
         c = self.counters
         problems = ("stale_skips", "rejected_inputs", "deadline_misses", "rejected_chunks",
-                    "inference_errors", "rejected_parameters")
+                    "inference_errors", "rejected_parameters", "control_tick_errors",
+                    "diagnostics_errors")
         prev = getattr(self, "_diag_prev", collections.Counter())
         recent = {k: c[k] - prev[k] for k in problems if c[k] > prev[k]}
         self._diag_prev = collections.Counter({k: c[k] for k in problems})

@@ -155,10 +155,12 @@ def test_bad_inputs_are_rejected_counted_and_node_keeps_serving(tiny_files, mess
         _publish(live, "/joint_states", old)
         assert _wait(lambda: live.node.counters["rejected.out_of_order"] > 0, 5)
         # camera stops: observations go stale, the node refuses to act and says so
-        n = len(live.probe.result.chunks)
         assert _wait(lambda: live.node.counters["stale_skips"] > 0, 5)
-        time.sleep(0.5)
+        time.sleep(0.5)  # a chunk already in flight over DDS may still land
+        n, skips = len(live.probe.result.chunks), live.node.counters["stale_skips"]
+        time.sleep(1.0)
         assert len(live.probe.result.chunks) == n
+        assert live.node.counters["stale_skips"] > skips  # it keeps trying, and keeps refusing
         assert any("stale" in m.warning for m in live.probe.result.latencies)
         # ...and resumes when the camera does
         live.probe.replay(messages[400:700])
@@ -189,6 +191,13 @@ def test_parameters_validated_live(tiny_files):
                                                ]).successful
         assert node.actions.mode == "temporal_ensemble" and node.cfg.control_rate_hz == 20.0
         assert node.set_parameters([Parameter("num_inference_steps", value=7)])[0].successful
+        # sync/stamp tolerances and the statistics window reach the helpers that use them
+        ok = node.set_parameters([Parameter("sync_tolerance_s", value=0.05),
+                                  Parameter("max_future_stamp_s", value=0.2),
+                                  Parameter("latency_window", value=5)])
+        assert all(r.successful for r in ok)
+        assert node.buffer.tolerance_s == 0.05 and node.buffer.max_future_s == 0.2
+        assert node._latencies.maxlen == 5 and node._chunk_times.maxlen == 5
 
 
 def test_inference_exception_and_nan_actions_are_contained(tiny_files, messages):
@@ -215,9 +224,20 @@ def test_inference_exception_and_nan_actions_are_contained(tiny_files, messages)
             return res
 
         live.node.runtime.infer = nan_once
+        action_at = live.node.actions.action_at
+        ticks = {"n": 0}
+
+        def tick_fault_once(now_s):
+            ticks["n"] += 1
+            if ticks["n"] == 1:
+                raise RuntimeError("injected control-tick fault")
+            return action_at(now_s)
+
+        live.node.actions.action_at = tick_fault_once
         live.probe.replay(messages[:600])
         c = live.node.counters
         assert c["inference_errors"] == 1 and c["rejected_chunks"] == 1
+        assert c["control_tick_errors"] == 1 and c["commands"] > 0  # the timer kept running
         assert len(live.probe.result.chunks) >= 2
         assert any("injected" in m.warning for m in live.probe.result.latencies)
 

@@ -1,0 +1,76 @@
+"""PolicyRuntime (the node's ROS-free inference core): offline agreement, action safety."""
+
+import numpy as np
+import pytest
+import torch
+
+from bac_ros.bac.baselines import build_schedule
+from bac_ros.bac.schedule import save_schedule
+from bac_ros.engine.checkpoint import save_policy
+from bac_ros.engine.testing import make_tiny_policy, random_obs
+from bac_ros.node.params import NodeConfig
+from bac_ros.node.runtime import ChunkRejected, ConfigureError, PolicyRuntime
+
+
+@pytest.fixture(scope="module")
+def lowdim(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runtime")
+    p = make_tiny_policy("lowdim", num_inference_steps=6, scheduler="ddim")
+    ckpt = save_policy(p, d / "tiny_lowdim.safetensors")
+    sched = build_schedule("uniform", p.model.blocks(), 6, 3, p.fingerprint, "ddim")
+    return {"policy": p, "checkpoint": str(ckpt),
+            "schedule": str(save_schedule(sched, d / "tiny_lowdim.yaml")), "sched": sched}
+
+
+def test_runtime_matches_policy_predict_with_same_seed(lowdim):
+    """Full compute through the runtime equals policy.predict with the same seeded generator."""
+    rt = PolicyRuntime(NodeConfig(checkpoint=lowdim["checkpoint"]))
+    obs = random_obs(rt.policy, seed=3)
+    res = rt.infer(obs, seed=11, use_bac=False)
+    pred = lowdim["policy"].predict(obs, generator=torch.Generator().manual_seed(11))
+    To = rt.config.n_obs_steps
+    np.testing.assert_allclose(res.actions, pred.action_pred[0, To - 1:], rtol=1e-5, atol=1e-4)
+    assert res.blocks_reused == 0 and not res.bac_used
+
+
+def test_runtime_bac_block_counts_follow_schedule(lowdim):
+    """With a schedule, computed + reused blocks = blocks x K and computed follows the schedule."""
+    rt = PolicyRuntime(NodeConfig(checkpoint=lowdim["checkpoint"], schedule=lowdim["schedule"]))
+    res = rt.infer(random_obs(rt.policy), seed=0, use_bac=True)
+    assert res.bac_used and res.steps == 6
+    assert res.blocks_computed == sum(len(s) for s in lowdim["sched"].update_steps)
+    assert res.blocks_computed + res.blocks_reused == rt.n_blocks * 6
+    assert res.blocks_reused > 0
+
+
+def test_nan_actions_are_rejected_never_returned(lowdim):
+    """A model that produces NaN (poisoned weights) raises ChunkRejected instead of acting."""
+    rt = PolicyRuntime(NodeConfig(checkpoint=lowdim["checkpoint"]))
+    with torch.no_grad():
+        rt.policy.model.input_emb.weight.fill_(float("nan"))
+    with pytest.raises(ChunkRejected, match="NaN"):
+        rt.infer(random_obs(rt.policy), seed=0, use_bac=False)
+
+
+def test_action_limits_clamp_or_reject(lowdim):
+    """Out-of-limit actions are clamped (clamp) or the whole chunk refused (reject)."""
+    rt = PolicyRuntime(NodeConfig(checkpoint=lowdim["checkpoint"]))
+    obs = random_obs(rt.policy)
+    free = rt.infer(obs, seed=0, use_bac=False).actions
+    mid = float(np.median(free))
+    lims = ([mid, mid], [mid + 1.0, mid + 1.0])
+    clamped = rt.infer(obs, seed=0, use_bac=False, limits=lims, limit_mode="clamp").actions
+    assert clamped.min() >= mid and clamped.max() <= mid + 1.0
+    with pytest.raises(ChunkRejected, match="limit_mode=reject"):
+        rt.infer(obs, seed=0, use_bac=False, limits=lims, limit_mode="reject")
+
+
+def test_missing_checkpoint_and_cuda_are_configure_errors(lowdim, tmp_path):
+    """Bad configurations fail configure with a reason, not a traceback from deep inside."""
+    with pytest.raises(ConfigureError, match="checkpoint"):
+        PolicyRuntime(NodeConfig())
+    with pytest.raises(ConfigureError):
+        PolicyRuntime(NodeConfig(checkpoint=str(tmp_path / "missing.safetensors")))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigureError, match="CUDA"):
+            PolicyRuntime(NodeConfig(checkpoint=lowdim["checkpoint"], device="cuda"))
