@@ -125,3 +125,24 @@ def test_node_config_validation():
         NodeConfig(handover="fastest")
     with pytest.raises(ValueError, match="action_min"):
         NodeConfig(action_min=[0.0], action_max=[])
+
+
+def test_policy_yaml_matches_node_config_defaults():
+    """config/policy.yaml lists every runtime parameter with NodeConfig's default (no drift)."""
+    from pathlib import Path
+
+    import yaml
+
+    from bac_ros.node.params import parameter_table
+
+    path = Path(__file__).resolve().parents[2] / "config" / "policy.yaml"
+    params = yaml.safe_load(path.read_text())["bac_policy"]["ros__parameters"]
+    launch_args = {"checkpoint", "schedule", "device", "dtype"}  # set by the launch file
+    for name, _, default, _, _ in parameter_table():
+        if name in launch_args or default == []:
+            assert name not in params, f"{name} is set by launch / left empty by design"
+            continue
+        assert name in params, f"config/policy.yaml lacks {name}"
+        assert params[name] == default, f"{name}: yaml {params[name]!r} != {default!r}"
+    known = {name for name, *_ in parameter_table()}
+    assert set(params) <= known, f"unknown parameters in yaml: {set(params) - known}"
