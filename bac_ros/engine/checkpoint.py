@@ -191,6 +191,9 @@ def read_dp_payload(path: Path, allow_pickle: bool) -> dict:
 _TFD_DEFAULTS = dict(n_obs_steps=None, cond_dim=0, n_layer=12, n_head=12, n_emb=768,
                      p_drop_emb=0.1, p_drop_attn=0.1, causal_attn=False, time_as_cond=True,
                      n_cond_layers=0)
+_DIFFUSERS_DEFAULTS = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
+                           beta_schedule="linear", variance_type="fixed_small", clip_sample=True,
+                           prediction_type="epsilon", set_alpha_to_one=True, steps_offset=0)
 _HYBRID_DEFAULTS = dict(crop_shape=(76, 76), obs_encoder_group_norm=False,
                         eval_fixed_crop=False, n_layer=8, n_cond_layers=0, n_head=4, n_emb=256,
                         p_drop_emb=0.0, p_drop_attn=0.3, causal_attn=True, time_as_cond=True)
@@ -240,15 +243,29 @@ def config_from_dp_cfg(cfg) -> tuple[PolicyConfig, bool]:
         if name not in pol:
             raise CheckpointError(f"the checkpoint's cfg.policy has no {name!r}; is it a "
                                   "diffusion_policy workspace checkpoint?")
-    ns = {k: v for k, v in pol["noise_scheduler"].items() if not k.startswith("_")}
-    sched_type = "ddim" if "ddim" in str(pol["noise_scheduler"].get("_target_", "")).lower() \
-        else "ddpm"
+    ns_target = str(pol["noise_scheduler"].get("_target_", ""))
+    sched_type = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim"}.get(
+        ns_target.rsplit(".", 1)[-1])
+    if sched_type is None:
+        raise UnsupportedArchitectureError(
+            f"noise scheduler {ns_target or '(none)'} is not supported; bac_ros runs diffusers' "
+            "DDPMScheduler and DDIMScheduler (convert the cfg's noise_scheduler to one of them)."
+        )
+    # Keys the cfg leaves out take diffusers' constructor defaults, not ours.
+    ns = {**_DIFFUSERS_DEFAULTS,
+          **{k: v for k, v in pol["noise_scheduler"].items() if not k.startswith("_")}}
+    unknown = sorted(set(ns) - set(_DIFFUSERS_DEFAULTS))
+    if unknown:
+        warnings.warn(f"noise_scheduler options {unknown} are ignored by bac_ros; sampling may "
+                      "differ from diffusion_policy's.", stacklevel=2)
+    if sched_type == "ddpm":
+        ns.pop("set_alpha_to_one"), ns.pop("steps_offset")
+    else:
+        ns.pop("variance_type")
     sched = NoiseSchedulerConfig(
-        type=sched_type, num_inference_steps=int(pol.get("num_inference_steps") or
-                                                 ns.get("num_train_timesteps", 100)),
-        **{k: ns[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
-                              "variance_type", "clip_sample", "prediction_type",
-                              "set_alpha_to_one", "steps_offset") if k in ns},
+        type=sched_type,
+        num_inference_steps=int(pol.get("num_inference_steps") or ns["num_train_timesteps"]),
+        **{k: v for k, v in ns.items() if k in _DIFFUSERS_DEFAULTS},
     )
     horizon, To, Na = int(pol["horizon"]), int(pol["n_obs_steps"]), int(pol["n_action_steps"])
     if "lowdim" in target.lower():

@@ -19,11 +19,15 @@ def dp_cfg(policy: DiffusionPolicy, use_ema: bool = True):
     from omegaconf import OmegaConf
 
     c, t, s = policy.config, policy.config.transformer, policy.config.scheduler
-    scheduler = {"_target_": "diffusers.schedulers.scheduling_ddpm.DDPMScheduler",
-                 "num_train_timesteps": s.num_train_timesteps, "beta_start": s.beta_start,
+    scheduler = {"num_train_timesteps": s.num_train_timesteps, "beta_start": s.beta_start,
                  "beta_end": s.beta_end, "beta_schedule": s.beta_schedule,
-                 "variance_type": s.variance_type, "clip_sample": s.clip_sample,
-                 "prediction_type": s.prediction_type}
+                 "clip_sample": s.clip_sample, "prediction_type": s.prediction_type}
+    if s.type == "ddim":
+        scheduler.update(_target_="diffusers.schedulers.scheduling_ddim.DDIMScheduler",
+                         set_alpha_to_one=s.set_alpha_to_one, steps_offset=s.steps_offset)
+    else:
+        scheduler.update(_target_="diffusers.schedulers.scheduling_ddpm.DDPMScheduler",
+                         variance_type=s.variance_type)
     common = {"horizon": "${horizon}", "n_action_steps": "${n_action_steps}",
               "n_obs_steps": "${n_obs_steps}", "num_inference_steps": s.num_inference_steps,
               "noise_scheduler": scheduler}

@@ -209,3 +209,22 @@ def test_fingerprint_tracks_weights_not_names(tmp_path):
     d.mkdir()
     save_policy(p, d / "model.safetensors")
     assert load_policy(d).fingerprint == fingerprint_policy(p)
+
+
+def test_scheduler_from_cfg_defaults_and_unsupported():
+    """Scheduler keys left out take diffusers' defaults; DDIM round-trips; others refused."""
+    from bac_ros.engine.checkpoint import config_from_dp_cfg
+    from bac_ros.engine.testing import dp_cfg
+
+    p = lowdim_dp_policy(num_inference_steps=4)
+    p.set_scheduler("ddim", 4)
+    cfg = dp_cfg(p)
+    config = config_from_dp_cfg(cfg)[0]
+    assert config.scheduler == p.config.scheduler
+    del cfg.policy.noise_scheduler.beta_schedule, cfg.policy.noise_scheduler.num_train_timesteps
+    config = config_from_dp_cfg(cfg)[0]
+    assert config.scheduler.beta_schedule == "linear"
+    assert config.scheduler.num_train_timesteps == 1000
+    cfg.policy.noise_scheduler._target_ = "diffusers.DPMSolverMultistepScheduler"
+    with pytest.raises(UnsupportedArchitectureError, match="DPMSolverMultistepScheduler"):
+        config_from_dp_cfg(cfg)
