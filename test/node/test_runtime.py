@@ -74,3 +74,15 @@ def test_missing_checkpoint_and_cuda_are_configure_errors(lowdim, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigureError, match="CUDA"):
             PolicyRuntime(NodeConfig(checkpoint=lowdim["checkpoint"], device="cuda"))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_autocast_stays_close(lowdim, dtype):
+    """Autocast inference gives finite float32 actions near the float32 result (same seed)."""
+    obs = random_obs(lowdim["policy"], seed=1)
+    ref = PolicyRuntime(NodeConfig(checkpoint=lowdim["checkpoint"])).infer(obs, 5, False)
+    rt = PolicyRuntime(NodeConfig(checkpoint=lowdim["checkpoint"], dtype=dtype))
+    res = rt.infer(obs, seed=5, use_bac=False)
+    assert res.actions.dtype == np.float32 and np.isfinite(res.actions).all()
+    # actions are in pixels ([0, 512]); reduced precision moves them by far less than 5%
+    assert np.abs(res.actions - ref.actions).max() < 0.05 * 512
