@@ -8,6 +8,7 @@ config and is rejected with this dataclass's own error when invalid.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +105,7 @@ class NodeConfig:
                 raise ValueError(f"`{ros_name(f)}` must be in [{lo}, {hi}]. Got {v}.")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"`dtype` must be float32, float16 or bfloat16. Got {self.dtype!r}.")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"`device` must be cpu, cuda or cuda:N. Got {self.device!r}.")
         if self.handover not in MODES:
             raise ValueError(f"`handover` must be one of {MODES}. Got {self.handover!r}.")

@@ -123,6 +123,10 @@ def test_node_config_validation():
         NodeConfig(control_rate_hz=0.0)
     with pytest.raises(ValueError, match="handover"):
         NodeConfig(handover="fastest")
+    for bad in ("cuda:", "cuda:x", "gpu", "cuda1"):
+        with pytest.raises(ValueError, match="device"):
+            NodeConfig(device=bad)
+    assert NodeConfig(device="cuda:1").device == "cuda:1"
     with pytest.raises(ValueError, match="action_min"):
         NodeConfig(action_min=[0.0], action_max=[])
 
