@@ -258,3 +258,34 @@ def test_schedule_for_other_checkpoint_refuses_to_start(tiny_files):
     with LiveNode({"checkpoint": tiny_files["checkpoint"], "schedule": str(path),
                    "bac.fallback_to_full": True}) as live:
         assert live.node.runtime.schedule is None
+
+
+def test_lowdim_policy_runs_on_joint_states_alone(tiny_files, messages):
+    """A low-dim policy (the bundled Push-T kind: agent + T keypoints as named joints) needs no
+    camera: histories are anchored on joint states and its chunks match offline predictions."""
+    from bac_ros.engine.checkpoint import save_policy
+    from bac_ros.engine.testing import make_tiny_policy
+    from bac_ros.pusht.env import KEYPOINT_NAMES
+
+    p = make_tiny_policy("lowdim", num_inference_steps=5, scheduler="ddim")
+    p.config.obs_low_dim_names["keypoints"] = list(KEYPOINT_NAMES)
+    ckpt = save_policy(p, tiny_files["dir"] / "tiny_lowdim_named.safetensors")
+    used = []
+    with LiveNode({"checkpoint": str(ckpt)}) as live:
+        infer = live.node.runtime.infer
+
+        def spy(obs, seed, use_bac, **kw):
+            used.append((seed, {k: v.copy() for k, v in obs.items()}))
+            return infer(obs, seed, use_bac, **kw)
+
+        live.node.runtime.infer = spy
+        live.probe.replay(messages[:500])
+        assert _wait(lambda: len(live.probe.result.chunks) >= 2, 5)
+        chunks = {m.chunk_id: m for _, m in live.probe.result.chunks}
+    assert live.node.counters["rejected_inputs"] == 0
+    policy = load_policy(str(ckpt))
+    seed, obs = next((s, o) for s, o in used if s in chunks)
+    assert obs["keypoints"].shape == (1, 2, 16) and obs["agent_pos"].shape == (1, 2, 2)
+    pred = policy.predict(obs, generator=torch.Generator().manual_seed(seed))
+    np.testing.assert_allclose(np.asarray(chunks[seed].actions).reshape(-1, 2),
+                               pred.action_pred[0, 1:], rtol=1e-5, atol=1e-4)
