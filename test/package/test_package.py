@@ -1,6 +1,7 @@
 """The ROS package is real: generated messages, ament index, launch file, lint."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,27 @@ def test_ruff_clean():
     out = subprocess.run([str(BIN / "ruff"), "check", "bac_ros", "test", "launch"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_cmake_configures_for_colcon(tmp_path):
+    """CMakeLists.txt configures as colcon runs it (Python sources installed, the default) and
+    installs our sources after rosidl's generated package, so our __init__.py wins."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("CMakeLists.txt", "package.xml"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "msg", src / "msg")
+    venv = Path(sys.prefix)
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(venv), CMAKE_PREFIX_PATH=str(venv),
+               PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+               LD_LIBRARY_PATH=f"{venv / 'lib'}{os.pathsep}{os.environ.get('LD_LIBRARY_PATH', '')}")
+    build = tmp_path / "build"
+    out = subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DBUILD_TESTING=OFF",
+                          f"-DPython3_EXECUTABLE={sys.executable}",
+                          f"-DCMAKE_INSTALL_PREFIX={tmp_path / 'install'}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    rules = (build / "cmake_install.cmake").read_text()
+    generated = rules.find("rosidl_generator_py/bac_ros/")
+    ours = rules.find(f'"{src / "bac_ros"}/"')
+    assert generated >= 0 and ours > generated, "bac_ros sources must install after rosidl's"
