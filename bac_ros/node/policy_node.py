@@ -278,7 +278,8 @@ class PolicyNode(Node):
             if self._serving:  # say so once per transition, not once per tick
                 self._serving = False
                 self.get_logger().warning("command stream holding: no valid action is due "
-                                          "(no fresh chunk; see ~/inference_latency)")
+                                          "(no fresh chunk; see ~/inference_latency)",
+                                          throttle_duration_sec=1.0)
         elif self.pub_cmd is not None:
             action = [float(v) for v in due[0]]
             if isinstance(self.pub_cmd.msg_type(), JointState):
@@ -290,7 +291,8 @@ class PolicyNode(Node):
             self.counters["commands"] += 1
         if due is not None and not self._serving:
             self._serving = True
-            self.get_logger().info(f"command stream serving chunk {due[1]}")
+            self.get_logger().info(f"command stream serving chunk {due[1]}",
+                                   throttle_duration_sec=1.0)
         if self.cfg.replan_rate_hz > 0:
             trigger = now - self._last_trigger_s >= 1.0 / self.cfg.replan_rate_hz
         else:
