@@ -322,7 +322,7 @@ class PolicyNode(Node):
         cfg = self.cfg  # one consistent snapshot per inference
         hist = self.buffer.latest()
         if hist is None:
-            self.counters["incomplete_observation"] += 1
+            self._report_incomplete()
             return
         now = self._now_s()
         age_s = now - hist.stamp_s
@@ -354,6 +354,22 @@ class PolicyNode(Node):
         self._chunk_id = chunk_id
         self._recent_errors = 0
         self._publish_chunk(res, hist, chunk_id, cfg)
+
+    def _report_incomplete(self) -> None:
+        """No synced history. Before any input that is just waiting; once some sources
+        publish, name the ones that are silent (a dead camera, joints far below rate)."""
+        newest = {s: self.buffer.newest_stamp(s) for s in self.buffer.sources}
+        if all(t is None for t in newest.values()):
+            self.counters["waiting_for_inputs"] += 1
+            return
+        self.counters["unsynced_observation"] += 1
+        silent = [s for s, t in newest.items() if t is None]
+        self.warning = (f"no complete observation: no samples from {silent}" if silent else
+                        "no complete observation: sources not within sync_tolerance_s="
+                        f"{self.cfg.sync_tolerance_s} at the observation period (newest stamps "
+                        f"{ {s: round(t, 3) for s, t in newest.items()} })")
+        self.get_logger().warning(self.warning, throttle_duration_sec=1.0)
+        self._publish_latency_warning()
 
     def _publish_chunk(self, res, hist, chunk_id: int, cfg: NodeConfig) -> None:
         pc = self.runtime.config
@@ -424,6 +440,7 @@ class PolicyNode(Node):
         c = self.counters
         problems = ("stale_skips", "rejected_inputs", "deadline_misses", "rejected_chunks",
                     "inference_errors", "rejected_parameters", "control_tick_errors",
+                    "unsynced_observation",
                     "diagnostics_errors")
         prev = getattr(self, "_diag_prev", collections.Counter())
         recent = {k: c[k] - prev[k] for k in problems if c[k] > prev[k]}

@@ -289,3 +289,27 @@ def test_lowdim_policy_runs_on_joint_states_alone(tiny_files, messages):
     pred = policy.predict(obs, generator=torch.Generator().manual_seed(seed))
     np.testing.assert_allclose(np.asarray(chunks[seed].actions).reshape(-1, 2),
                                pred.action_pred[0, 1:], rtol=1e-5, atol=1e-4)
+
+
+def test_silent_camera_is_named_and_nothing_is_published(tiny_files):
+    """Joint states without the camera: no chunk, a counter, and a warning naming the camera
+    on ~/inference_latency and a WARN on /diagnostics."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    with LiveNode({"checkpoint": tiny_files["checkpoint"]}) as live:
+        diags = []
+        live.probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.extend(
+            s for s in m.status if s.name == "bac_ros: policy"), 10)
+        pub = live.probe.publisher("/joint_states", JointState)
+        time.sleep(1.0)
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:
+            js = JointState(name=["agent_x", "agent_y"], position=[1.0, 2.0])
+            js.header.stamp = _now(live)
+            pub.publish(js)
+            time.sleep(0.01)
+        assert _wait(lambda: any(d.level == DiagnosticStatus.WARN for d in diags), 3)
+        assert live.node.counters["unsynced_observation"] > 0
+        assert live.probe.result.chunks == []
+        assert any("camera:image" in m.warning for m in live.probe.result.latencies)
+        assert any("camera:image" in d.message for d in diags if d.level == DiagnosticStatus.WARN)
