@@ -8,14 +8,24 @@ from pathlib import Path
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 DEFAULT_POLICY = REPO_DATA / "policies" / "pusht_image.safetensors"
-DEFAULT_SCHEDULE = REPO_DATA / "policies" / "pusht_image.schedule.yaml"
 DEFAULT_BAG = REPO_DATA / "pusht" / "pusht_expert"
+
+
+def bundled_policy():
+    """(checkpoint, schedule or None): the bundled image policy when shipped, else the
+    low-dim one; the image path when neither exists, so the error names the expected file."""
+    for name in ("pusht_image", "pusht_lowdim"):
+        ckpt = DEFAULT_POLICY.with_name(f"{name}.safetensors")
+        if ckpt.exists():
+            sched = ckpt.with_name(f"{name}.schedule.yaml")
+            return ckpt, sched if sched.exists() else None
+    return DEFAULT_POLICY, None
 
 
 def add_policy_args(parser, required: bool = False) -> None:
     parser.add_argument("checkpoint", nargs=None if required else "?", default=None,
                         help="policy checkpoint (.safetensors ours, or diffusion_policy .ckpt); "
-                             "default: the bundled Push-T image policy")
+                             "default: the bundled Push-T policy (image if shipped, else low-dim)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow full-pickle loading of .ckpt files (runs code in the file: "
                              "only for files you trust)")
@@ -29,7 +39,7 @@ def add_policy_args(parser, required: bool = False) -> None:
 def load_policy_from_args(args):
     from bac_ros.engine.checkpoint import load_policy
 
-    path = args.checkpoint or DEFAULT_POLICY
+    path = args.checkpoint or bundled_policy()[0]
     policy = load_policy(path, device=args.device, allow_pickle=args.allow_pickle)
     if args.scheduler and args.scheduler != policy.config.scheduler.type:
         policy.set_scheduler(args.scheduler, args.steps or policy.num_inference_steps)

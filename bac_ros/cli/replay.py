@@ -28,19 +28,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def bundled_policy():
-    """(checkpoint, schedule or None): the bundled image policy when shipped, else the
-    low-dim one; the image path when neither exists, so the error names the expected file."""
-    from bac_ros.cli.common import DEFAULT_POLICY
-
-    for name in ("pusht_image", "pusht_lowdim"):
-        ckpt = DEFAULT_POLICY.with_name(f"{name}.safetensors")
-        if ckpt.exists():
-            sched = ckpt.with_name(f"{name}.schedule.yaml")
-            return ckpt, sched if sched.exists() else None
-    return DEFAULT_POLICY, None
-
-
 def _pairs(items, what):
     out = {}
     for item in items:
@@ -54,7 +41,7 @@ def _pairs(items, what):
 def run(args) -> int:
     import yaml
 
-    from bac_ros.cli.common import DEFAULT_BAG, print_json
+    from bac_ros.cli.common import DEFAULT_BAG, bundled_policy, print_json
     from bac_ros.node.replay import run_replay
 
     params = {k: yaml.safe_load(v) for k, v in _pairs(args.param, "--param").items()}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Regenerate the measured tables in docs/benchmarks.md (CPU here; pass --device cuda on a GPU).
+#   scripts/run_benchmarks.sh [extra bac bench args, e.g. --device cuda]
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BAC=$ROOT/.venv/bin/bac
+OUT=$ROOT/build/bench
+mkdir -p "$OUT"
+"$BAC" bench --random-policy lowdim --n-layer 8 --n-emb 256 --repeats 5 \
+  --markdown "$OUT/paper_size_lowdim.md" "$@" > /dev/null
+"$BAC" bench --random-policy image --n-layer 8 --n-emb 256 --repeats 5 \
+  --markdown "$OUT/paper_size_image.md" "$@" > /dev/null
+"$BAC" bench "$ROOT/data/policies/pusht_lowdim.safetensors" --repeats 5 \
+  --markdown "$OUT/bundled_lowdim.md" "$@" > /dev/null
+export AMENT_PREFIX_PATH=$ROOT/.venv ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 101))}
+"$BAC" replay --checkpoint "$ROOT/data/policies/pusht_lowdim.safetensors" \
+  --schedule "$ROOT/data/policies/pusht_lowdim.schedule.yaml" --compare-full --json \
+  > "$OUT/replay_lowdim.json"
+echo "tables in $OUT"
