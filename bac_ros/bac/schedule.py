@@ -102,7 +102,8 @@ class CacheSchedule:
 
     # -- checks against a policy ---------------------------------------------------------
     def check_compatible(self, fingerprint: str, num_steps: int, blocks: Sequence[BlockInfo],
-                         allow_mismatch: bool = False) -> None:
+                         allow_mismatch: bool = False, *,
+                         scheduler_type: str | None = None) -> None:
         names = [b.name for b in blocks]
         if names != self.block_names:
             raise ScheduleMismatchError(
@@ -114,6 +115,12 @@ class CacheSchedule:
                 f"schedule was calibrated for K={self.num_steps} denoising steps but the policy "
                 f"runs {num_steps}. Set the policy's steps to {self.num_steps} or re-run "
                 "`bac calibrate` with this step count.")
+        if scheduler_type is not None and scheduler_type != self.scheduler_type:
+            # Same K, other sampler: the features (and so the schedule) differ per step.
+            raise ScheduleMismatchError(
+                f"schedule was calibrated with the {self.scheduler_type} sampler but the policy "
+                f"runs {scheduler_type}. Switch the policy to {self.scheduler_type} or re-run "
+                f"`bac calibrate --scheduler {scheduler_type}`.")
         if fingerprint != self.fingerprint and not allow_mismatch:
             raise ScheduleMismatchError(
                 f"schedule was calibrated for model {self.fingerprint} but this checkpoint is "
@@ -189,7 +196,8 @@ def load_schedule(path: str | Path, policy=None, allow_mismatch: bool = False) -
         raise type(exc)(f"{path}: {exc}") from exc
     if policy is not None:
         sched.check_compatible(policy.fingerprint, policy.num_inference_steps,
-                               policy.model.blocks(), allow_mismatch)
+                               policy.model.blocks(), allow_mismatch,
+                               scheduler_type=policy.config.scheduler.type)
     return sched
 
 

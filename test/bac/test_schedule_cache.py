@@ -128,3 +128,21 @@ def test_flops_ratio_and_fraction(policy):
     assert full.flops_ratio == 1.0 and full.computed_fraction == 1.0
     assert few.computed_fraction == pytest.approx(4 / 20)
     assert 1.0 < few.flops_ratio < 5.0  # always-computed parts cap it below K/S
+
+
+def test_ddim_schedule_and_sampler_mismatch(tmp_path):
+    """DDIM-K runs through the same cache (all steps == full) and a DDPM schedule is refused."""
+    p = make_tiny_policy("lowdim", n_layer=2, num_inference_steps=10)
+    ddpm_path = save_schedule(_sched(p, "uniform", 4), tmp_path / "ddpm.yaml")
+    p.set_scheduler("ddim", 10)
+    assert p.config.scheduler.type == "ddim"
+    with pytest.raises(ScheduleMismatchError, match="ddpm sampler"):
+        load_schedule(ddpm_path, policy=p)
+    full = build_schedule("full", p.model.blocks(), 10, 10, p.fingerprint, "ddim")
+    obs, noise = random_obs(p), p.make_noise(1, torch.Generator().manual_seed(2))
+    ref = p.predict(obs, noise=noise).action_pred
+    out = p.predict(obs, noise=noise, cache=ScheduledBlockCache(full, p.model.blocks()))
+    assert np.abs(ref - out.action_pred).max() <= 1e-6
+    path = save_schedule(build_schedule("uniform", p.model.blocks(), 10, 4, p.fingerprint,
+                                        "ddim"), tmp_path / "ddim.yaml")
+    assert load_schedule(path, policy=p).scheduler_type == "ddim"
