@@ -59,9 +59,9 @@ class PolicyRuntime:
         self.cache: ScheduledBlockCache | None = None
         if cfg.schedule:
             try:
-                if not cfg.num_inference_steps:  # follow the schedule's K by default
-                    k = load_schedule(cfg.schedule).num_steps
-                    self.policy.set_num_inference_steps(k)
+                if not cfg.num_inference_steps:  # follow the schedule's sampler and K
+                    head = load_schedule(cfg.schedule)
+                    self.policy.set_scheduler(head.scheduler_type, head.num_steps)
                 self.schedule = load_schedule(cfg.schedule, policy=self.policy,
                                               allow_mismatch=cfg.bac_allow_fingerprint_mismatch)
                 self.cache = ScheduledBlockCache(self.schedule, self.policy.model.blocks())
