@@ -70,8 +70,11 @@ def run(args) -> int:
               f"latency obs->chunk p50 {s['total_ms_p50']:.1f} ms, p95 {s['total_ms_p95']:.1f},"
               f" p99 {s['total_ms_p99']:.1f}; denoise p50 {s['denoise_ms_p50']:.1f} ms; "
               f"blocks computed {100 * s['blocks_computed_frac']:.0f}%")
+        if s["warnings"]:
+            print("    node warnings (stale ones after the bag ends are expected: the node "
+                  "refuses to act on old observations):")
         for w in s["warnings"]:
-            print(f"    warning: {w}")
+            print(f"      {w}")
     if "denoise_speedup_bac_vs_full" in report:
         print(f"BAC denoise speedup vs full (same run, same bag): "
               f"{report['denoise_speedup_bac_vs_full']:.2f}x")
