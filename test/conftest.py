@@ -35,15 +35,25 @@ def _stop_ros2_daemon():
 BAG = Path(__file__).resolve().parents[1] / "data" / "pusht" / "pusht_expert"
 
 
-@pytest.fixture(scope="session")
-def tiny_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("node")
-    p = make_tiny_policy("image", num_inference_steps=10, scheduler="ddim")
-    ckpt = save_policy(p, d / "tiny_image.safetensors")
-    sched = build_schedule("uniform", p.model.blocks(), 10, 4, p.fingerprint, "ddim")
-    path = save_schedule(sched, d / "tiny_image.yaml")
+def make_tiny_files(d: Path, kind: str, steps: int, budget: int) -> dict:
+    """A tiny real DP-T (DDIM-``steps``) saved as a checkpoint + a uniform BAC schedule."""
+    p = make_tiny_policy(kind, num_inference_steps=steps, scheduler="ddim")
+    ckpt = save_policy(p, d / f"tiny_{kind}.safetensors")
+    sched = build_schedule("uniform", p.model.blocks(), steps, budget, p.fingerprint, "ddim")
+    path = save_schedule(sched, d / f"tiny_{kind}.yaml")
     return {"checkpoint": str(ckpt), "schedule": str(path), "policy": p, "sched": sched,
             "dir": d}
+
+
+@pytest.fixture(scope="session")
+def tiny_files_factory(tmp_path_factory):
+    return lambda kind, steps, budget: make_tiny_files(
+        tmp_path_factory.mktemp(f"tiny_{kind}"), kind, steps, budget)
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tiny_files_factory):
+    return tiny_files_factory("image", 10, 4)
 
 
 @pytest.fixture(scope="session")

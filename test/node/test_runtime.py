@@ -4,22 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from bac_ros.bac.baselines import build_schedule
-from bac_ros.bac.schedule import save_schedule
-from bac_ros.engine.checkpoint import save_policy
-from bac_ros.engine.testing import make_tiny_policy, random_obs
+from bac_ros.engine.testing import random_obs
 from bac_ros.node.params import NodeConfig
 from bac_ros.node.runtime import ChunkRejected, ConfigureError, PolicyRuntime
 
 
 @pytest.fixture(scope="module")
-def lowdim(tmp_path_factory):
-    d = tmp_path_factory.mktemp("runtime")
-    p = make_tiny_policy("lowdim", num_inference_steps=6, scheduler="ddim")
-    ckpt = save_policy(p, d / "tiny_lowdim.safetensors")
-    sched = build_schedule("uniform", p.model.blocks(), 6, 3, p.fingerprint, "ddim")
-    return {"policy": p, "checkpoint": str(ckpt),
-            "schedule": str(save_schedule(sched, d / "tiny_lowdim.yaml")), "sched": sched}
+def lowdim(tiny_files_factory):
+    return tiny_files_factory("lowdim", 6, 3)
 
 
 def test_runtime_matches_policy_predict_with_same_seed(lowdim):
