@@ -42,6 +42,19 @@ class EvalConfig:
     gif_episodes: int = 2
     calib_observations: int = 4
 
+    def __post_init__(self) -> None:
+        for name in ("episodes", "max_steps", "calib_observations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1. Got {getattr(self, name)}.")
+        if not 0 <= self.gif_episodes <= self.episodes:
+            raise ValueError(f"`gif_episodes` must be in [0, episodes={self.episodes}]. "
+                             f"Got {self.gif_episodes}.")
+        if not self.methods:
+            raise ValueError("`methods` must list at least one method.")
+        if 100_000 <= self.first_seed < 100_000 + 10_000:
+            raise ValueError(f"`first_seed` {self.first_seed} overlaps the demonstration seeds "
+                             "(100000+); evaluate on unseen starts.")
+
 
 def _obs_dict(hist, policy):
     """Stack per-env observation histories into the policy's (B, To, *shape) layout."""
