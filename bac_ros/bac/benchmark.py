@@ -37,11 +37,6 @@ class BenchConfig:
             raise ValueError("repeats >= 1, warmup >= 0 and batch >= 1 are required.")
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
     device = policy.device
     dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.dtype]
@@ -80,11 +75,11 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
                        disable=not progress)
             for _ in range(cfg.repeats):  # interleaved: machine noise hits every method alike
                 for m in scheds:
-                    _sync(device)
+                    policy.synchronize()
                     t0 = time.perf_counter()
                     policy.denoise(cond, noise, cache=caches[m],
                                    generator=torch.Generator().manual_seed(0))
-                    _sync(device)
+                    policy.synchronize()
                     times[m].append(1000 * (time.perf_counter() - t0))
                     bar.update(1)
             bar.close()

@@ -93,8 +93,7 @@ def _denoise_s(policy, cond, noise, cache) -> tuple[torch.Tensor, float]:
     gen = torch.Generator().manual_seed(0)  # same DDPM step noise for every method
     t0 = time.perf_counter()
     out = policy.denoise(cond, noise, cache=cache, generator=gen)
-    if out.is_cuda:
-        torch.cuda.synchronize()
+    policy.synchronize()
     return out, time.perf_counter() - t0
 
 

@@ -68,6 +68,11 @@ class DiffusionPolicy(nn.Module):
     def num_inference_steps(self) -> int:
         return int(self.scheduler.num_inference_steps)
 
+    def synchronize(self) -> None:
+        """Wait for queued GPU work (before reading a clock); a no-op on the CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def set_num_inference_steps(self, k: int) -> None:
         """Denoising steps per chunk (K); the config follows so a saved policy keeps it."""
         if not isinstance(k, int) or not 1 <= k <= self.config.scheduler.num_train_timesteps:

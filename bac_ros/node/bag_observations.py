@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from bac_ros.node.conversions import ImageConverter, InputError, JointStateMapper
+from bac_ros.node.conversions import ImageConverter, InputError, JointStateMapper, stamp_s
 from bac_ros.node.obs_buffer import ObservationBuffer
 
 
@@ -41,7 +41,7 @@ def iter_bag_observations(bag: str | Path, policy, image_topics: list[str] | Non
     for _, topic, msgtype, raw in messages:
         cls = classes.setdefault(msgtype, get_message(msgtype))
         msg = deserialize_message(raw, cls)
-        t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        t = stamp_s(msg.header.stamp)
         try:
             if topic in cam_key:
                 key = cam_key[topic]

@@ -16,6 +16,11 @@ import numpy as np
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 
+def stamp_s(stamp) -> float:
+    """builtin_interfaces/Time -> seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
 class InputError(ValueError):
     """A message that cannot become an observation; ``kind`` names the counter."""
 

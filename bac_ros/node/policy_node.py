@@ -35,7 +35,7 @@ from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from bac_ros.msg import ActionChunk, InferenceLatency
-from bac_ros.node.conversions import ImageConverter, InputError, JointStateMapper
+from bac_ros.node.conversions import ImageConverter, InputError, JointStateMapper, stamp_s
 from bac_ros.node.handover import ActionScheduler, Chunk
 from bac_ros.node.obs_buffer import ObservationBuffer
 from bac_ros.node.params import NodeConfig, ros_name
@@ -44,10 +44,6 @@ from bac_ros.node.runtime import ChunkRejected, ConfigureError, PolicyRuntime
 _PTYPES = {bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
            str: Parameter.Type.STRING, "list[str]": Parameter.Type.STRING_ARRAY,
            "list[float]": Parameter.Type.DOUBLE_ARRAY}
-
-
-def stamp_s(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def to_stamp(t_s: float):

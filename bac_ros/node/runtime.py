@@ -90,10 +90,6 @@ class PolicyRuntime:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     @torch.no_grad()
     def infer(self, obs: dict[str, np.ndarray], seed: int, use_bac: bool,
               limits: tuple[list[float], list[float]] | None = None,
@@ -108,10 +104,10 @@ class PolicyRuntime:
         with self._autocast():
             cond = p.encode_condition(obs)
             noise = p.make_noise(cond.shape[0], gen)
-            self._sync()
+            p.synchronize()
             t1 = time.perf_counter()
             naction = p.denoise(cond, noise, cache=cache, generator=gen)
-            self._sync()
+            p.synchronize()
         t2 = time.perf_counter()
         action_pred = p.normalizer.unnormalize("action", naction.float())[0].cpu().numpy()
         start = p.config.n_obs_steps - 1
