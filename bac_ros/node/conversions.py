@@ -8,6 +8,7 @@ never a dependency (see ROS2_NOTES.md).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 import cv2  # imported up front: a first import inside a callback stalls the node for seconds
@@ -42,12 +43,21 @@ class ImageConverter:
     """sensor_msgs/Image or CompressedImage -> float32 (3, H, W) in [0, 1], RGB."""
 
     def __init__(self, out_hw: tuple[int, int], use_cv_bridge: bool = True,
-                 max_aspect_error: float = 0.02):
+                 max_aspect_error: float = 0.02, max_bytes: int = 64 * 2**20):
         self.out_hw = tuple(out_hw)
         self.bridge = _cv_bridge() if use_cv_bridge else None
         self.max_aspect_error = max_aspect_error
+        self.max_bytes = max_bytes
+
+    def _check_size(self, n_bytes: int) -> None:
+        # Before any decode or resize: a runaway driver must not stall the executor.
+        if n_bytes > self.max_bytes:
+            raise InputError("too_large", f"image message of {n_bytes / 2**20:.1f} MB exceeds "
+                             f"max_message_mb={self.max_bytes / 2**20:g}; lower the camera "
+                             "resolution or raise max_message_mb")
 
     def from_image(self, msg) -> np.ndarray:
+        self._check_size(len(msg.data))
         enc = msg.encoding.lower()
         if enc not in CHANNELS:
             raise InputError("bad_encoding", f"unsupported image encoding {msg.encoding!r}; "
@@ -69,6 +79,7 @@ class ImageConverter:
         return self._finish(rgb)
 
     def from_compressed(self, msg) -> np.ndarray:
+        self._check_size(len(msg.data))
         buf = as_uint8(msg.data)
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
         if bgr is None:
@@ -113,16 +124,24 @@ def to_rgb(img: np.ndarray, encoding: str) -> np.ndarray:
 class JointStateMapper:
     """sensor_msgs/JointState -> {obs key: vector} by joint NAME (wire order may differ)."""
 
-    def __init__(self, key_names: dict[str, Sequence[str]]):
+    def __init__(self, key_names: dict[str, Sequence[str]], max_bytes: int = 64 * 2**20):
         self.key_names = {k: list(v) for k, v in key_names.items()}
+        self.max_bytes = max_bytes
 
     def __call__(self, msg) -> dict[str, np.ndarray]:
+        n_bytes = sum(len(n) for n in msg.name) + 8 * (
+            len(msg.position) + len(msg.velocity) + len(msg.effort))
+        if n_bytes > self.max_bytes:
+            raise InputError("too_large", f"JointState of {n_bytes / 2**20:.1f} MB "
+                             f"({len(msg.name)} names) exceeds max_message_mb="
+                             f"{self.max_bytes / 2**20:g}")
         names, pos = list(msg.name), list(msg.position)
         if len(names) != len(pos):
             raise InputError("bad_joint_state", f"JointState has {len(names)} names but "
                              f"{len(pos)} positions")
         if len(set(names)) != len(names):
-            dups = sorted({n for n in names if names.count(n) > 1})
+            counts = Counter(names)  # not names.count(): quadratic on a huge message
+            dups = sorted(n for n, c in counts.items() if c > 1)[:8]
             raise InputError("bad_joint_state", f"duplicate joint names {dups}")
         index = {n: i for i, n in enumerate(names)}
         out = {}

@@ -87,6 +87,12 @@ class NodeConfig:
         "spacing of the n_obs_steps frames (0 = the policy's control period)", True, 0.0, 10.0))
     max_future_stamp_s: float = field(default=0.05, metadata=meta(
         "reject stamps further than this in the future", False, 0.0, 10.0))
+    clock_jump_threshold_s: float = field(default=1.0, metadata=meta(
+        "a ROS clock jump forward by more than this (or any jump back) resets the observation "
+        "history and queued actions", True, 0.001, 3600.0))
+    max_message_mb: float = field(default=64.0, metadata=meta(
+        "reject input messages larger than this (image data, joint arrays)", True, 0.001,
+        4096.0))
     latency_window: int = field(default=100, metadata=meta(
         "inferences in the rolling p50/p95/p99", False, 1, 100000))
     # -- safety -------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -66,6 +68,8 @@ class PolicyNode(Node):
         self._chunk_times: collections.deque = collections.deque(maxlen=self.cfg.latency_window)
         self._last_trigger_s = -1e9
         self._serving = False  # command stream state, logged on transitions
+        self._last_reject_log_s: dict[str, float] = {}
+        self._timeline = 0  # bumped by ROS clock jumps
         self._configure()
         self._activate()
 
@@ -93,8 +97,41 @@ class PolicyNode(Node):
                 p = self.declare_parameter(name, value, d)
             values[f.name] = p.value if p.value is not None else []
         cfg = NodeConfig(**values)
+        self.add_pre_set_parameters_callback(self._pre_set_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         return cfg
+
+    def _pre_set_parameters(self, params: list[Parameter]) -> list[Parameter]:
+        """Runs before rclpy's own descriptor checks (read-only, type, range), which reject
+        without calling any node callback: report those here too, so every rejected change is
+        logged and counted. Integers given for float parameters (`ros2 param set ... 20`) are
+        converted instead of being refused for their type."""
+        out = []
+        for p in params:
+            f = self._fields.get(p.name)
+            if f is None:
+                out.append(p)
+                continue
+            current = getattr(self.cfg, f.name)
+            if isinstance(current, float) and p.type_ == Parameter.Type.INTEGER:
+                p = Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+            problem = None
+            lo, hi = f.metadata["range"]
+            if f.metadata["read_only"]:
+                problem = "is read-only: set it at launch and restart the node"
+            elif p.type_ != _PTYPES.get(type(current), p.type_) and not (
+                    isinstance(current, list) and p.type_ in (Parameter.Type.DOUBLE_ARRAY,
+                                                              Parameter.Type.STRING_ARRAY)):
+                problem = f"expects {type(current).__name__}, got {p.type_.name.lower()}"
+            elif lo is not None and isinstance(p.value, (int, float)) and \
+                    not lo <= p.value <= hi:
+                problem = f"must be in [{lo}, {hi}], got {p.value}"
+            if problem:
+                self.counters["rejected_parameters"] += 1
+                self.warning = f"parameter `{p.name}` {problem}"
+                self.get_logger().warning(f"parameter change rejected: {self.warning}")
+            out.append(p)
+        return out
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         changes = {}
@@ -168,7 +205,8 @@ class PolicyNode(Node):
         if missing:
             raise ConfigureError(f"the checkpoint does not name the joints of {missing} "
                                  "(PolicyConfig.obs_low_dim_names); re-export it with names")
-        self.joint_mapper = JointStateMapper(names)
+        max_bytes = int(cfg.max_message_mb * 2**20)
+        self.joint_mapper = JointStateMapper(names, max_bytes=max_bytes)
         period = cfg.obs_period_s or pc.control_period_s
         sources = [f"camera:{k}" for k in rgb_keys] + (["joints"] if low_keys else [])
         self.buffer = ObservationBuffer(sources, pc.n_obs_steps, period, cfg.sync_tolerance_s,
@@ -179,7 +217,7 @@ class PolicyNode(Node):
             else qos_profile_sensor_data
         self._inputs = MutuallyExclusiveCallbackGroup()
         for key, topic in zip(rgb_keys, cfg.image_topics):
-            conv = ImageConverter(pc.shape_meta.obs[key].shape[1:])
+            conv = ImageConverter(pc.shape_meta.obs[key].shape[1:], max_bytes=max_bytes)
             msg_type = CompressedImage if cfg.compressed_images else Image
             self.create_subscription(msg_type, topic, lambda m, k=key, c=conv: self._on_image(
                 m, k, c), qos, callback_group=self._inputs)
@@ -203,6 +241,14 @@ class PolicyNode(Node):
                  f"{cfg.joint_state_topic if low_keys else '-'}")
 
     def _activate(self) -> None:
+        # Simulation resets and `ros2 bag play --clock` loops move ROS time back (or far
+        # ahead): every stamp in the history and every queued action then belongs to another
+        # time line. Without a reset, new samples would be "out of order" forever.
+        threshold = JumpThreshold(
+            min_forward=Duration(nanoseconds=int(self.cfg.clock_jump_threshold_s * 1e9)),
+            min_backward=Duration(nanoseconds=-1), on_clock_change=True)
+        self._jump_handle = self.get_clock().create_jump_callback(
+            threshold, post_callback=self._on_clock_jump)
         self._control_timer = self.create_timer(
             1.0 / self.cfg.control_rate_hz, self._on_control_tick,
             callback_group=MutuallyExclusiveCallbackGroup())
@@ -214,6 +260,17 @@ class PolicyNode(Node):
         self._worker = threading.Thread(target=self._worker_loop, name="bac_inference",
                                         daemon=True)
         self._worker.start()
+
+    def _on_clock_jump(self, jump) -> None:
+        self._timeline += 1  # an inference in flight now belongs to the old time line
+        self.buffer.clear()
+        self.actions.clear()
+        self._last_trigger_s = -1e9
+        self.counters["clock_jumps"] += 1
+        self.warning = (f"ROS clock jumped by {jump.delta.nanoseconds * 1e-9:+.3f} s "
+                        f"({jump.clock_change.name}): observation history and queued actions "
+                        "cleared")
+        self.get_logger().warning(self.warning)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -228,8 +285,12 @@ class PolicyNode(Node):
         self.counters["rejected_inputs"] += 1
         self.counters[f"rejected.{err.kind}"] += 1
         self.warning = str(err)
-        self.get_logger().warning(f"input rejected ({err.kind}): {err}",
-                                  throttle_duration_sec=1.0)
+        # Throttled per kind (rclpy throttles per call site): a flood of one problem must not
+        # hide the first report of another.
+        now = time.monotonic()
+        if now - self._last_reject_log_s.get(err.kind, -1e9) >= 1.0:
+            self._last_reject_log_s[err.kind] = now
+            self.get_logger().warning(f"input rejected ({err.kind}): {err}")
 
     def _on_image(self, msg, key: str, conv: ImageConverter) -> None:
         try:
@@ -267,6 +328,7 @@ class PolicyNode(Node):
                                     throttle_duration_sec=1.0)
 
     def _control_tick(self) -> None:
+        self.counters["control_ticks"] += 1
         now = self._now_s()
         due = self.actions.action_at(now)
         if due is None:
@@ -336,6 +398,7 @@ class PolicyNode(Node):
         else:
             rt.set_steps(cfg.num_inference_steps)
         chunk_id = self._chunk_id + 1
+        timeline = self._timeline
         if getattr(self, "fault_injector", None) is not None:
             self.fault_injector(chunk_id)
         try:
@@ -346,6 +409,10 @@ class PolicyNode(Node):
             self.warning = str(exc)
             self.get_logger().error(f"chunk rejected: {exc}")
             self._publish_latency_warning(age_s)
+            return
+        if timeline != self._timeline:
+            self.counters["dropped_after_clock_jump"] += 1
+            self.get_logger().warning("chunk dropped: the ROS clock jumped during inference")
             return
         self._chunk_id = chunk_id
         self._recent_errors = 0
@@ -436,8 +503,7 @@ class PolicyNode(Node):
         c = self.counters
         problems = ("stale_skips", "rejected_inputs", "deadline_misses", "rejected_chunks",
                     "inference_errors", "rejected_parameters", "control_tick_errors",
-                    "unsynced_observation",
-                    "diagnostics_errors")
+                    "unsynced_observation", "clock_jumps", "diagnostics_errors")
         prev = getattr(self, "_diag_prev", collections.Counter())
         recent = {k: c[k] - prev[k] for k in problems if c[k] > prev[k]}
         self._diag_prev = collections.Counter({k: c[k] for k in problems})
