@@ -117,7 +117,8 @@ class Probe(Node):
 
     def replay(self, messages, rate: float = 1.0, restamp: bool = True,
                stop: threading.Event | None = None, mutate=None) -> int:
-        """Publish bag messages in real time (``rate`` x). ``mutate(msg)`` may edit or drop."""
+        """Publish bag messages in real time (``rate`` x). ``mutate(msg)`` may edit a message,
+        drop it (None) or return a list of messages to publish in its place."""
         classes = {}
         new = False
         for _, topic, msgtype, _ in messages:
@@ -144,12 +145,12 @@ class Probe(Node):
             if restamp and hasattr(msg, "header"):
                 ns = ros0 + int((t_ns - t_bag0) / rate)
                 msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
-            if mutate is not None:
-                msg = mutate(msg)
-                if msg is None:
-                    continue
-            self.publishers_by_topic[topic].publish(msg)
-            n += 1
+            out = [msg] if mutate is None else mutate(msg)
+            if out is None:
+                continue
+            for m in out if isinstance(out, list) else [out]:
+                self.publishers_by_topic[topic].publish(m)
+                n += 1
         return n
 
 
