@@ -43,6 +43,16 @@ def read_bag(path: str | Path, topics: dict[str, str] | None = None):
     return out
 
 
+def wait_until(pred, timeout_s: float = 10.0, poll_s: float = 0.05) -> bool:
+    """Poll ``pred`` until it is true or ``timeout_s`` passes (outputs arrive over DDS)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(poll_s)
+    return bool(pred())
+
+
 def _msg_class(msgtype: str):
     from rosidl_runtime_py.utilities import get_message
 

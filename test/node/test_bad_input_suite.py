@@ -31,7 +31,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
-from bac_ros.node.replay import LiveNode, read_bag
+from bac_ros.node.replay import LiveNode, read_bag, wait_until
 
 MAX_MESSAGE_MB = 0.25  # the suite's node runs with a small limit so "huge" stays cheap to send
 CAMERA, JOINTS = "/camera/image_raw", "/joint_states"
@@ -39,12 +39,7 @@ COMPRESSED_TOPIC = "/camera/image_raw/compressed"
 
 
 def _wait(pred, timeout=6.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_until(pred, timeout)
 
 
 def _bytes(n: int) -> array.array:

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 from rosgraph_msgs.msg import Clock
 
-from bac_ros.node.replay import LiveNode, read_bag
+from bac_ros.node.replay import LiveNode, read_bag, wait_until
 
 
 def _wait(pred, timeout=8.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_until(pred, timeout)
 
 
 @pytest.fixture(scope="module")

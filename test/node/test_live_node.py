@@ -12,16 +12,11 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
 
 from bac_ros.engine.checkpoint import load_policy
-from bac_ros.node.replay import LiveNode, read_bag
+from bac_ros.node.replay import LiveNode, read_bag, wait_until
 
 
 def _wait(pred, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_until(pred, timeout)
 
 
 @pytest.fixture(scope="module")
