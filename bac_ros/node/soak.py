@@ -5,14 +5,13 @@ control-tick errors, RSS growth < 5 % after warm-up, p99 stable (worst window < 
 median window, first window excluded as warm-up). The 60-second version runs in CI
 (test/node/test_soak.py); the 30-minute one by hand:
 
-    python -m bac_ros.node.soak --duration-s 1800 --checkpoint P --schedule S --json
+    bac soak --duration-s 1800 --checkpoint P --schedule S --out report.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -101,23 +100,10 @@ def run_soak(checkpoint: str, schedule: str, duration_s: float, window_s: float 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--schedule", default="")
-    ap.add_argument("--duration-s", type=float, default=1800.0)
-    ap.add_argument("--window-s", type=float, default=60.0)
-    ap.add_argument("--out", default="", help="also write the report as JSON to this file")
-    ap.add_argument("--json", action="store_true", help="print only the JSON report")
-    a = ap.parse_args(argv)
-    rep = run_soak(a.checkpoint, a.schedule, a.duration_s, a.window_s, progress=not a.json)
-    text = json.dumps(rep, indent=2)
-    if a.out:
-        from bac_ros.io_utils import atomic_write_text
+    """``python -m bac_ros.node.soak`` == ``bac soak``."""
+    from bac_ros.cli.main import main as bac_main
 
-        atomic_write_text(a.out, text)
-    print(text)
-    return 0 if rep["pass"] else 1
+    return bac_main(["soak", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ BAC = [sys.executable, "-m", "bac_ros.cli.main"]
 BAG = Path(__file__).resolve().parents[2] / "data" / "pusht" / "pusht_expert"
 
 
-@pytest.mark.parametrize("cmd", ["convert", "calibrate", "bench", "eval", "train", "replay"])
+@pytest.mark.parametrize("cmd", ["convert", "calibrate", "bench", "eval", "train", "replay",
+                                 "soak"])
 def test_help(cmd):
     """`bac <cmd> --help` works for every subcommand."""
     out = subprocess.run([*BAC, cmd, "--help"], capture_output=True, text=True)
