@@ -1,4 +1,4 @@
-"""`bac train`: train the Push-T low-dim DP-T reference policy (resumable)."""
+"""`bac train`: train the Push-T DP-T reference policies, low-dim or image (resumable)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,23 @@ import dataclasses
 
 
 def register(subparsers) -> None:
-    from bac_ros.pusht.train import TrainConfig
+    from bac_ros.pusht.train import OBS_TYPES, TrainConfig
 
     p = subparsers.add_parser(
         "train", help="train a DP-T on the Push-T demonstrations (diffusion_policy recipe)",
         description="Train DP-T (AdamW, cosine LR with warm-up, EMA, DDPM-100) on "
                     "data/pusht/demos.npz (make it with `python -m bac_ros.pusht.demos`). "
-                    "Resumes from OUT/train_state.pt; writes policy.safetensors, a "
-                    "diffusion_policy-format policy.ckpt and loss.png into OUT.",
+                    "--obs lowdim: T keypoints + agent position; --obs image: 96x96 frames "
+                    "re-rendered from the demos (cached in --frames-cache) + agent position, "
+                    "robomimic ResNet18 encoder. --horizon 0 = diffusion_policy's Push-T value "
+                    "(16 low-dim, 10 image). Resumes from OUT/train_state.pt; writes "
+                    "policy.safetensors, a diffusion_policy-format policy.ckpt and loss.png "
+                    "into OUT.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        extra = {"choices": OBS_TYPES} if f.name == "obs" else {}
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       **extra)
     p.add_argument("--no-resume", action="store_true", help="start from scratch")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)

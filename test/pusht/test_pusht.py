@@ -97,3 +97,24 @@ def test_bundled_bag_topics_and_rates():
     js = by[("/joint_states", "sensor_msgs/msg/JointState")]
     assert abs(1e9 / np.median(np.diff(cam)) - 10) < 0.5
     assert abs(1e9 / np.median(np.diff(js)) - 100) < 5
+
+
+def test_train_image_policy_few_steps(tmp_path):
+    """`obs=image`: demo frames are re-rendered (agent positions checked against the stored
+    states) and cached; a ResNet18 DP-T trains, saves and reloads with an rgb camera key."""
+    from bac_ros.pusht.train import TrainConfig, render_frames, train
+
+    cfg = TrainConfig(demos=str(DEMOS), out=str(tmp_path / "img"), obs="image",
+                      frames_cache=str(tmp_path / "frames.npz"), max_episodes=2, n_layer=2,
+                      n_emb=32, batch_size=8, num_steps=3, warmup_steps=1, checkpoint_every=3)
+    assert cfg.horizon == 10  # diffusion_policy's image Push-T horizon
+    s = train(cfg, progress=False)
+    assert s["steps"] == 3 and np.isfinite(s["final_loss"])
+    frames = render_frames(str(DEMOS), cfg.frames_cache, 2, progress=False)  # from the cache
+    ends = np.load(DEMOS)["episode_ends"]
+    assert frames.shape == (ends[1], 96, 96, 3) and frames.dtype == np.uint8
+    p = load_policy(tmp_path / "img" / "policy.safetensors")
+    assert p.config.shape_meta.rgb_keys == ["image"] and p.config.horizon == 10
+    assert p.config.obs_encoder.crop_shape == (84, 84)
+    q = load_policy(tmp_path / "img" / "policy.ckpt", allow_pickle=True)
+    assert q.fingerprint == p.fingerprint
