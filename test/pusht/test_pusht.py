@@ -85,6 +85,22 @@ def test_eval_pipeline(tmp_path):
     assert (tmp_path / "ev" / "results.md").exists()
 
 
+def test_eval_bundled_policy_short(tmp_path):
+    """The committed results' command on the bundled policy, short: 2 episodes, 40 steps,
+    DDIM-10 and BAC on it; the pipeline runs end to end on the real trained weights."""
+    ckpt = ROOT / "data" / "policies" / "pusht_lowdim.safetensors"
+    out = subprocess.run([sys.executable, "-m", "bac_ros.cli.main", "eval", str(ckpt),
+                          "--episodes", "2", "--max-steps", "40", "--ddim-only", "10",
+                          "--gif-episodes", "1", "--out", str(tmp_path / "ev"), "--json"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout[out.stdout.index("["):])
+    assert [r["method"] for r in rows][0] == "DDIM-10" and len(rows) == 2
+    assert all(r["episodes"] == 2 and 0 <= r["mean_max_coverage"] <= 1 for r in rows)
+    assert rows[1]["blocks_computed_frac"] < rows[0]["blocks_computed_frac"]
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) >= ["results.md", "results.png"]
+
+
 def test_bundled_bag_topics_and_rates():
     """The bag holds rgb8 96x96 frames at 10 Hz and agent joint states at 100 Hz."""
     from bac_ros.node.replay import read_bag
