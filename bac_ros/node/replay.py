@@ -119,6 +119,13 @@ class Probe(Node):
         with self._lock:
             self.result.commands.append((time.monotonic(), m))
 
+    def drain(self) -> ReplayResult:
+        """Hand over everything recorded so far and start empty (long runs: the probe's own
+        records must not grow without bound, nor be mistaken for the node's memory)."""
+        with self._lock:
+            out, self.result = self.result, ReplayResult()
+        return out
+
     def publisher(self, topic: str, msg_cls):
         if topic not in self.publishers_by_topic:
             self.publishers_by_topic[topic] = self.create_publisher(

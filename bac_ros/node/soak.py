@@ -26,6 +26,8 @@ from bac_ros.node.replay import LiveNode, read_bag
 def run_soak(checkpoint: str, schedule: str, duration_s: float, window_s: float = 60.0,
              warmup_s: float = 10.0, bag: str | Path | None = None, params: dict | None = None,
              progress: bool = False) -> dict:
+    from tqdm import tqdm
+
     from bac_ros.pusht.bag import record_bag
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -34,64 +36,78 @@ def run_soak(checkpoint: str, schedule: str, duration_s: float, window_s: float 
                              joint_hz=100.0, seed=3)
         messages = read_bag(bag)
         proc = psutil.Process(os.getpid())
-        samples = []  # (t_s, rss_bytes, n_latencies)
+        rss = []  # (t_s, rss_bytes), once a second
+        lat = []  # (t_s, total_ms) of every published chunk's latency message
+        counts = {"chunks": 0, "commands": 0}
         stop = threading.Event()
         with LiveNode({"checkpoint": checkpoint, "schedule": schedule, **(params or {})}) as live:
+            t0 = time.monotonic()
+
+            def sample():
+                # Drain the probe every second: it keeps only counts and latencies, so the
+                # RSS measured is the node's, not a growing list of received messages.
+                got = live.probe.drain()
+                t = time.monotonic() - t0
+                counts["chunks"] += len(got.chunks)
+                counts["commands"] += len(got.commands)
+                lat.extend((t, m.total_ms) for m in got.latencies if not m.warning)
+                rss.append((t, proc.memory_info().rss))
+
             def sampler():
                 while not stop.wait(1.0):
-                    samples.append((time.monotonic(), proc.memory_info().rss,
-                                    len(live.probe.result.latencies)))
+                    sample()
 
             th = threading.Thread(target=sampler, daemon=True)
-            t0 = time.monotonic()
             th.start()
             loops = 0
-            from tqdm import tqdm
-
             bar = tqdm(total=int(duration_s), unit="s", desc="soak", disable=not progress)
             while time.monotonic() - t0 < duration_s:
                 live.probe.replay(messages, stop=stop)
                 loops += 1
                 bar.n = min(int(time.monotonic() - t0), int(duration_s))
-                bar.set_postfix(chunks=len(live.probe.result.chunks),
+                bar.set_postfix(chunks=counts["chunks"],
                                 errors=live.node.counters["inference_errors"])
             bar.close()
             stop.set()
             th.join()
-            res = live.probe.result
+            sample()
             counters = dict(live.node.counters)
-    lat = res.latencies
-    ok = [m.total_ms for m in lat if not m.warning]
-    t_rel = np.array([s[0] - t0 for s in samples])
-    rss = np.array([s[1] for s in samples], dtype=np.float64)
-    after = rss[t_rel >= warmup_s] if (t_rel >= warmup_s).any() else rss
+    return soak_report(rss, lat, counts, counters, duration_s, window_s, warmup_s,
+                       time.monotonic() - t0, loops)
+
+
+def soak_report(rss, lat, counts, counters, duration_s, window_s, warmup_s, elapsed_s,
+                loops) -> dict:
+    t_rss = np.array([t for t, _ in rss])
+    mem = np.array([b for _, b in rss], dtype=np.float64)
+    after = mem[t_rss >= warmup_s] if (t_rss >= warmup_s).any() else mem
     windows = []
-    idx = 0
     for w in range(int(np.ceil(duration_s / window_s))):
-        end = (w + 1) * window_s
-        n_end = max([s[2] for s, t in zip(samples, t_rel) if t <= end] or [idx])
-        chunk = [m.total_ms for m in lat[idx:n_end] if not m.warning]
-        windows.append({"window": w, "chunks": len(chunk),
-                        "p99_ms": float(np.percentile(chunk, 99)) if chunk else None})
-        idx = n_end
+        lo, hi = w * window_s, (w + 1) * window_s
+        ms = [v for t, v in lat if lo <= t < hi]
+        in_w = mem[(t_rss >= lo) & (t_rss < hi)]
+        windows.append({"window": w, "chunks": len(ms),
+                        "p99_ms": float(np.percentile(ms, 99)) if ms else None,
+                        "rss_mb": round(float(in_w[-1]) / 2**20, 1) if in_w.size else None})
     growth = float((after[-1] - after[0]) / after[0]) if len(after) >= 2 else 0.0
     # "p99 stable": the worst window's p99 against the median window's, after warm-up
     p99s = [w["p99_ms"] for w in windows[1:] if w["p99_ms"] is not None] or \
         [w["p99_ms"] for w in windows if w["p99_ms"] is not None]
     p99_ratio = float(max(p99s) / np.median(p99s)) if p99s else float("nan")
     errors = counters.get("inference_errors", 0) + counters.get("control_tick_errors", 0)
+    ok = [v for _, v in lat]
     return {
         "pass": bool(errors == 0 and growth < 0.05 and p99_ratio < 2.0),
         "p99_max_over_median": round(p99_ratio, 3),
-        "control_tick_errors": counters.get("control_tick_errors", 0),
-        "duration_s": round(time.monotonic() - t0, 1), "bag_loops": loops,
-        "chunks": len(res.chunks), "commands": len(res.commands),
+        "duration_s": round(elapsed_s, 1), "bag_loops": loops,
+        "chunks": counts["chunks"], "commands": counts["commands"],
         "inference_errors": counters.get("inference_errors", 0),
+        "control_tick_errors": counters.get("control_tick_errors", 0),
         "rejected_inputs": counters.get("rejected_inputs", 0),
         "stale_skips": counters.get("stale_skips", 0),
         "deadline_misses": counters.get("deadline_misses", 0),
-        "rss_mb_after_warmup_start": round(after[0] / 2**20, 1) if len(after) else None,
-        "rss_mb_end": round(after[-1] / 2**20, 1) if len(after) else None,
+        "rss_mb_after_warmup_start": round(float(after[0]) / 2**20, 1) if len(after) else None,
+        "rss_mb_end": round(float(after[-1]) / 2**20, 1) if len(after) else None,
         "rss_growth_frac": round(growth, 4),
         "latency_ms_p50": float(np.percentile(ok, 50)) if ok else None,
         "latency_ms_p99": float(np.percentile(ok, 99)) if ok else None,
