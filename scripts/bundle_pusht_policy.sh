@@ -7,7 +7,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN=${1:-$ROOT/runs/pusht_lowdim}
 OUT=$ROOT/data/policies
 BAC=$ROOT/.venv/bin/bac
-mkdir -p "$OUT" "$ROOT/docs/img"
+mkdir -p "$OUT" "$ROOT/docs/img" "$ROOT/build"
 "$BAC" convert "$RUN/policy.safetensors" "$OUT/pusht_lowdim.safetensors" --fp16
 "$BAC" calibrate "$OUT/pusht_lowdim.safetensors" --source "$ROOT/data/pusht/calibration_lowdim.npz" \
   -S 10 -n 5 --observations 4 --seeds 0 1 --table-budgets 10 7 5 \
