@@ -10,7 +10,7 @@ BAC=$ROOT/.venv/bin/bac
 mkdir -p "$OUT" "$ROOT/docs/img" "$ROOT/build"
 "$BAC" convert "$RUN/policy.safetensors" "$OUT/pusht_lowdim.safetensors" --fp16
 "$BAC" calibrate "$OUT/pusht_lowdim.safetensors" --source "$ROOT/data/pusht/calibration_lowdim.npz" \
-  -S 10 -n 5 --observations 4 --seeds 0 1 --table-budgets 10 7 5 \
+  -S 10 -n 5 --observations 16 --seeds 0 1 --table-budgets 10 7 5 \
   --out "$OUT/pusht_lowdim.schedule.yaml" --json > "$ROOT/build/calibration_lowdim.json"
 for f in similarity schedule caching_error; do
   mv "$OUT/pusht_lowdim.schedule_$f.png" "$ROOT/docs/img/pusht_lowdim_$f.png"

@@ -22,6 +22,12 @@ def register(subparsers) -> None:
     p.add_argument("--ddim-only", type=int, default=0, metavar="K",
                    help="quick check: evaluate only DDIM-K full compute and BAC on it")
     p.add_argument("--gif-episodes", type=int, default=2)
+    p.add_argument("--calib-observations", type=int, default=32,
+                   help="demo observation histories the caching schedules are calibrated on "
+                        "(x 2 noise seeds)")
+    p.add_argument("--demos", default=None,
+                   help="demonstrations the calibration histories are replayed from "
+                        "(default: data/pusht/demos.npz)")
     p.add_argument("--out", default="build/eval", help="output folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -41,7 +47,9 @@ def run(args) -> int:
     elif args.methods:
         methods = [m for m in methods if m[0] in args.methods]
     cfg = EvalConfig(episodes=args.episodes, first_seed=args.first_seed,
-                     max_steps=args.max_steps, methods=methods, gif_episodes=args.gif_episodes)
+                     max_steps=args.max_steps, methods=methods, gif_episodes=args.gif_episodes,
+                     calib_observations=args.calib_observations,
+                     demos=args.demos or str(REPO_DATA / "pusht" / "demos.npz"))
     rows = evaluate(policy, cfg, args.out, progress=not args.json)
     if args.json:
         print_json(rows)
