@@ -22,6 +22,15 @@ def bundled_policy():
     return DEFAULT_POLICY, None
 
 
+def node_policy_files(checkpoint: str | None, schedule: str | None) -> tuple[str, str]:
+    """(checkpoint, schedule) for the node: the bundled policy and its schedule by default; a
+    user checkpoint gets no schedule unless one is given ('' = full compute)."""
+    default_ckpt, default_sched = bundled_policy()
+    if schedule is None:
+        schedule = str(default_sched) if checkpoint is None and default_sched else ""
+    return str(checkpoint or default_ckpt), schedule
+
+
 def add_policy_args(parser, required: bool = False) -> None:
     parser.add_argument("checkpoint", nargs=None if required else "?", default=None,
                         help="policy checkpoint (.safetensors ours, or diffusion_policy .ckpt); "

@@ -41,14 +41,11 @@ def _pairs(items, what):
 def run(args) -> int:
     import yaml
 
-    from bac_ros.cli.common import DEFAULT_BAG, bundled_policy, print_json
+    from bac_ros.cli.common import DEFAULT_BAG, node_policy_files, print_json
     from bac_ros.node.replay import run_replay
 
     params = {k: yaml.safe_load(v) for k, v in _pairs(args.param, "--param").items()}
-    default_ckpt, default_sched = bundled_policy()
-    params["checkpoint"] = str(args.checkpoint or default_ckpt)
-    sched = args.schedule if args.schedule is not None else (
-        str(default_sched) if args.checkpoint is None and default_sched else "")
+    params["checkpoint"], sched = node_policy_files(args.checkpoint, args.schedule)
     params["schedule"] = sched
     topics = _pairs(args.remap, "--remap") or None
     bag = args.bag or DEFAULT_BAG

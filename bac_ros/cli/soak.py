@@ -29,16 +29,13 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import json
 
-    from bac_ros.cli.common import bundled_policy
+    from bac_ros.cli.common import node_policy_files
     from bac_ros.io_utils import atomic_write_text
     from bac_ros.node.soak import run_soak
 
     if args.duration_s <= 0 or args.window_s <= 0:
         raise SystemExit("bac soak: --duration-s and --window-s must be > 0")
-    default_ckpt, default_sched = bundled_policy()
-    ckpt = args.checkpoint or str(default_ckpt)
-    sched = args.schedule if args.schedule is not None else (
-        str(default_sched) if args.checkpoint is None and default_sched else "")
+    ckpt, sched = node_policy_files(args.checkpoint, args.schedule)
     rep = run_soak(ckpt, sched, args.duration_s, args.window_s, warmup_s=args.warmup_s,
                    progress=not args.json)
     text = json.dumps(rep, indent=2)

@@ -105,10 +105,9 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            lo, hi = f.metadata["range"]
-            v = getattr(self, f.name)
-            if lo is not None and not lo <= v <= hi:
-                raise ValueError(f"`{ros_name(f)}` must be in [{lo}, {hi}]. Got {v}.")
+            problem = range_problem(f, getattr(self, f.name))
+            if problem:
+                raise ValueError(f"`{ros_name(f)}` {problem}.")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"`dtype` must be float32, float16 or bfloat16. Got {self.dtype!r}.")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
@@ -128,6 +127,14 @@ class NodeConfig:
 
     def replace(self, **changes: Any) -> NodeConfig:
         return dataclasses.replace(self, **changes)
+
+
+def range_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """Why ``value`` is outside the field's declared range, or None."""
+    lo, hi = f.metadata["range"]
+    if lo is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return None if lo <= value <= hi else f"must be in [{lo}, {hi}], got {value}"
 
 
 def ros_name(f: dataclasses.Field) -> str:

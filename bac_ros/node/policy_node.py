@@ -40,7 +40,7 @@ from bac_ros.msg import ActionChunk, InferenceLatency
 from bac_ros.node.conversions import ImageConverter, InputError, JointStateMapper, stamp_s
 from bac_ros.node.handover import ActionScheduler, Chunk
 from bac_ros.node.obs_buffer import ObservationBuffer
-from bac_ros.node.params import NodeConfig, ros_name
+from bac_ros.node.params import NodeConfig, range_problem, ros_name
 from bac_ros.node.runtime import ChunkRejected, ConfigureError, PolicyRuntime
 
 _PTYPES = {bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
@@ -116,16 +116,14 @@ class PolicyNode(Node):
             if isinstance(current, float) and p.type_ == Parameter.Type.INTEGER:
                 p = Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
             problem = None
-            lo, hi = f.metadata["range"]
             if f.metadata["read_only"]:
                 problem = "is read-only: set it at launch and restart the node"
             elif p.type_ != _PTYPES.get(type(current), p.type_) and not (
                     isinstance(current, list) and p.type_ in (Parameter.Type.DOUBLE_ARRAY,
                                                               Parameter.Type.STRING_ARRAY)):
                 problem = f"expects {type(current).__name__}, got {p.type_.name.lower()}"
-            elif lo is not None and isinstance(p.value, (int, float)) and \
-                    not lo <= p.value <= hi:
-                problem = f"must be in [{lo}, {hi}], got {p.value}"
+            else:
+                problem = range_problem(f, p.value)
             if problem:
                 self.counters["rejected_parameters"] += 1
                 self.warning = f"parameter `{p.name}` {problem}"

@@ -70,16 +70,20 @@ def test_train_few_steps_and_resume(tmp_path):
     assert set(q.state_dict()) == set(p.state_dict())
 
 
+def _bac_eval_json(ckpt, *args, timeout=600) -> list[dict]:
+    """Run the real `bac eval ... --json` and return its rows."""
+    out = subprocess.run([sys.executable, "-m", "bac_ros.cli.main", "eval", str(ckpt),
+                          *args, "--json"], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout[out.stdout.index("["):])
+
+
 def test_eval_pipeline(tmp_path):
     """`bac eval` runs episodes in lock-step on a tiny policy (pipeline, not success)."""
     p = make_tiny_policy("lowdim", num_inference_steps=4, scheduler="ddim")
     ckpt = save_policy(p, tmp_path / "p.safetensors")
-    out = subprocess.run([sys.executable, "-m", "bac_ros.cli.main", "eval", str(ckpt),
-                          "--episodes", "2", "--max-steps", "16", "--ddim-only", "4",
-                          "--gif-episodes", "0", "--out", str(tmp_path / "ev"), "--json"],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = json.loads(out.stdout[out.stdout.index("["):])
+    rows = _bac_eval_json(ckpt, "--episodes", "2", "--max-steps", "16", "--ddim-only", "4",
+                          "--gif-episodes", "0", "--out", str(tmp_path / "ev"))
     assert [r["method"] for r in rows] == ["DDIM-4", "BAC DDIM-4 S=2"]
     assert all(0 <= r["mean_max_coverage"] <= 1 for r in rows)
     assert (tmp_path / "ev" / "results.md").exists()
@@ -89,12 +93,8 @@ def test_eval_bundled_policy_short(tmp_path):
     """The committed results' command on the bundled policy, short: 2 episodes, 40 steps,
     DDIM-10 and BAC on it; the pipeline runs end to end on the real trained weights."""
     ckpt = ROOT / "data" / "policies" / "pusht_lowdim.safetensors"
-    out = subprocess.run([sys.executable, "-m", "bac_ros.cli.main", "eval", str(ckpt),
-                          "--episodes", "2", "--max-steps", "40", "--ddim-only", "10",
-                          "--gif-episodes", "1", "--out", str(tmp_path / "ev"), "--json"],
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = json.loads(out.stdout[out.stdout.index("["):])
+    rows = _bac_eval_json(ckpt, "--episodes", "2", "--max-steps", "40", "--ddim-only", "10",
+                          "--gif-episodes", "1", "--out", str(tmp_path / "ev"), timeout=900)
     assert [r["method"] for r in rows][0] == "DDIM-10" and len(rows) == 2
     assert all(r["episodes"] == 2 and 0 <= r["mean_max_coverage"] <= 1 for r in rows)
     assert rows[1]["blocks_computed_frac"] < rows[0]["blocks_computed_frac"]
