@@ -130,17 +130,24 @@ def test_bursty_input_at_10x(tiny_files, messages):
                   ) as live:
         probe, node = live.probe, live.node
         probe.replay(_seconds(messages, 0, 2))
+        ticks0 = node.counters["control_ticks"]
         t_burst = time.monotonic()
         sent = probe.replay(_looped(messages, 3), rate=10.0)  # 36 s of bag in 3.6 s
         t_end = time.monotonic()
+        ticks = node.counters["control_ticks"] - ticks0
         n = len(probe.result.chunks)
         probe.replay(_seconds(messages, 0, 3))
         assert _wait(lambda: len(probe.result.chunks) > n)
         assert sent > 2500
         c = node.counters
         assert c["inference_errors"] == 0 and c["control_tick_errors"] == 0
+        # The timer keeps 10 Hz through the burst. How many ticks find a fresh chunk depends on
+        # how fast inference runs on a loaded machine (the rest are held, by design), so the
+        # served commands are checked for their spacing, not counted.
+        dt = t_end - t_burst
+        assert 0.8 * 10 * dt <= ticks <= 1.2 * 10 * dt + 2, (ticks, dt)
         cmd_t = np.array([t for t, _ in probe.result.commands if t_burst <= t <= t_end])
-        assert len(cmd_t) >= 10
+        assert len(cmd_t) >= 3
         assert 0.08 <= np.median(np.diff(cmd_t)) <= 0.125, np.diff(cmd_t)
 
 
