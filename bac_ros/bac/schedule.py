@@ -20,7 +20,7 @@ from bac_ros.bac.interface import BlockInfo
 from bac_ros.io_utils import atomic_write_text
 
 FORMAT_VERSION = 1
-METHODS = ("full", "uniform", "shared_acs", "acs", "bac", "custom")
+METHODS = ("full", "uniform", "shared_acs", "acs", "bac", "search", "custom")
 
 
 class ScheduleError(ValueError):

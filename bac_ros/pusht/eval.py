@@ -1,12 +1,20 @@
-"""Closed-loop Push-T evaluation of full compute vs BAC and the baselines.
+"""Closed-loop Push-T evaluation: full compute vs cached schedules, paired per episode.
 
-All episodes of a method run together: N environments are stepped in lock-step and every
+Episodes run in batches of ``batch_episodes`` environments stepped in lock-step; every
 re-plan is ONE batched ``policy.predict``. Every method sees the same test seeds and the same
-initial noise per (episode, chunk), so differences come from caching alone.
+initial and step noise per (batch, chunk), so per-episode differences come from the method
+alone and are analysed as paired differences (``bac_ros.stats``). The noise floor is full
+compute again with another noise seed: what "no difference" looks like.
+
+Results are saved per (method, batch) under ``out/episodes/``: a run can be stopped and
+resumed, extended to more episodes, or split over processes (``--methods`` subsets into the
+same ``--out``); the report is assembled from whatever is there.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,56 +26,73 @@ from bac_ros.bac.baselines import build_schedule
 from bac_ros.bac.cache import ScheduledBlockCache
 from bac_ros.bac.capture import capture_features
 from bac_ros.bac.flops import model_flops
+from bac_ros.bac.methods import MethodSpec, parse_method
+from bac_ros.bac.schedule import CacheSchedule, load_schedule, save_schedule
 from bac_ros.bac.similarity import caching_error, cosine_similarity_matrix
 from bac_ros.pusht.env import make_env
+from bac_ros.stats import paired_difference
 
-# (name, scheduler, K, schedule method, S, BUA n)
-DEFAULT_METHODS = [
-    ("full DDPM-100", "ddpm", 100, "full", None, 0),
-    ("BAC S=10 n=5", "ddpm", 100, "bac", 10, 5),
-    ("BAC S=7 n=5", "ddpm", 100, "bac", 7, 5),
-    ("BAC S=5 n=5", "ddpm", 100, "bac", 5, 5),
-    ("Uniform S=10", "ddpm", 100, "uniform", 10, 0),
-    ("ACS w/o BUA S=10", "ddpm", 100, "acs", 10, 0),
-    ("DDIM-10", "ddim", 10, "full", None, 0),
-]
+DEFAULT_METHODS = ["full", "bac:10", "bac+last:10", "uniform:10", "acs:10", "shared_acs:10",
+                   "search:10", "ddim:10"]
+NOISE_FLOOR = "full#noise1"  # full compute, second noise seed
 
 
 @dataclass
 class EvalConfig:
-    episodes: int = 20
+    episodes: int = 50
     first_seed: int = 900_000  # test seeds, disjoint from the demonstration seeds
     max_steps: int = 300
     methods: list = field(default_factory=lambda: list(DEFAULT_METHODS))
-    gif_episodes: int = 2
+    batch_episodes: int = 50  # environments stepped together; the resume unit
+    noise_seed: int = 0
+    noise_floor: bool = True
+    gif_episodes: int = 1
     calib_observations: int = 32
     calib_seeds: tuple = (0, 1)  # noise seeds per calibration observation
+    search_evals: int = 300
+    margin: float = 0.03  # non-inferiority margin on mean max coverage
     demos: str = "data/pusht/demos.npz"  # calibration histories come from these demos
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "max_steps", "calib_observations"):
+        for name in ("episodes", "max_steps", "calib_observations", "batch_episodes",
+                     "search_evals"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Got {getattr(self, name)}.")
-        if not 0 <= self.gif_episodes <= self.episodes:
-            raise ValueError(f"`gif_episodes` must be in [0, episodes={self.episodes}]. "
+        if not 0 <= self.gif_episodes <= min(self.episodes, self.batch_episodes):
+            raise ValueError(f"`gif_episodes` must be in [0, {min(self.episodes, self.batch_episodes)}]. "
                              f"Got {self.gif_episodes}.")
         if not self.methods:
             raise ValueError("`methods` must list at least one method.")
+        self.specs = [parse_method(m) for m in self.methods]
+        if not any(s.method == "full" and s.sampler is None for s in self.specs):
+            # The reference every row is paired with; last, so that a second process with
+            # other methods finds it already saved by the first instead of racing it.
+            self.specs.append(MethodSpec("full"))
         if 100_000 <= self.first_seed < 100_000 + 10_000:
             raise ValueError(f"`first_seed` {self.first_seed} overlaps the demonstration seeds "
                              "(100000+); evaluate on unseen starts.")
+        if not 0 < self.margin < 1:
+            raise ValueError(f"`margin` must be in (0, 1). Got {self.margin}.")
+
+    @property
+    def n_batches(self) -> int:
+        return -(-self.episodes // self.batch_episodes)
+
+    def batch_seeds(self, j: int) -> list[int]:
+        lo = j * self.batch_episodes
+        return [self.first_seed + i for i in range(lo, min(lo + self.batch_episodes,
+                                                           self.episodes))]
 
 
 def _obs_dict(hist, policy):
     """Stack per-env observation histories into the policy's (B, To, *shape) layout."""
-    keys = list(policy.config.shape_meta.obs)
     out = {}
-    for k in keys:
+    for k, spec in policy.config.shape_meta.obs.items():
         if k == "keypoints":
             out[k] = np.stack([[o["environment_state"] for o in h] for h in hist])
         elif k == "agent_pos":
             out[k] = np.stack([[o["agent_pos"] for o in h] for h in hist])
-        elif policy.config.shape_meta.obs[k].type == "rgb":
+        elif spec.type == "rgb":
             out[k] = np.stack([[o["pixels"].transpose(2, 0, 1) / 255.0 for o in h]
                                for h in hist])
     return {k: v.astype(np.float32) for k, v in out.items()}
@@ -78,58 +103,84 @@ def _obs_type(policy) -> str:
         "environment_state_agent_pos"
 
 
-def rollout(policy, cfg: EvalConfig, cache=None, record: int = 0, progress: bool = True):
-    """Run cfg.episodes episodes together. Returns (success, max_coverage, frames)."""
+def chunk_seed(noise_seed: int, batch: int, chunk: int) -> int:
+    """Noise seed of one (batch, chunk): identical for every method."""
+    return int(np.random.SeedSequence([noise_seed, batch, chunk]).generate_state(1)[0])
+
+
+def rollout(policy, seeds: list[int], max_steps: int, cache=None, noise_seed: int = 0,
+            batch: int = 0, progress: bool = True):
+    """Run one batch of episodes together. Returns (success, max_coverage, actions (B, T, 2))."""
     To, Na = policy.config.n_obs_steps, policy.config.n_action_steps
-    envs = [make_env(_obs_type(policy)) for _ in range(cfg.episodes)]
-    obs = [e.reset(seed=cfg.first_seed + i)[0] for i, e in enumerate(envs)]
+    envs = [make_env(_obs_type(policy)) for _ in seeds]
+    obs = [e.reset(seed=s)[0] for e, s in zip(envs, seeds)]
     hist = [[o] * To for o in obs]
     done = np.zeros(len(envs), bool)
     success = np.zeros(len(envs), bool)
     max_cov = np.zeros(len(envs))
-    frames: list[list[np.ndarray]] = [[] for _ in range(record)]
+    actions = np.full((len(envs), max_steps, 2), np.nan, np.float32)
     step, chunk = 0, 0
-    bar = tqdm(total=cfg.max_steps, desc="steps", disable=not progress, leave=False)
-    while step < cfg.max_steps and not done.all():
-        gen = torch.Generator().manual_seed(10_000 + chunk)  # same noise for every method
+    bar = tqdm(total=max_steps, desc="steps", disable=not progress, leave=False)
+    while step < max_steps and not done.all():
+        gen = torch.Generator().manual_seed(chunk_seed(noise_seed, batch, chunk))
         pred = policy.predict(_obs_dict(hist, policy), generator=gen, cache=cache)
         chunk += 1
         for j in range(Na):
             for i, e in enumerate(envs):
                 if done[i]:
                     continue
-                o, _, term, _, info = e.step(pred.action[i, j].astype(np.float64))
+                a = pred.action[i, j].astype(np.float64)
+                actions[i, step] = a
+                o, _, term, _, info = e.step(a)
                 hist[i] = hist[i][1:] + [o]
                 max_cov[i] = max(max_cov[i], info["coverage"])
                 if term:
                     done[i] = success[i] = True
-                if i < record:
-                    frames[i].append(e.render())
             step += 1
             bar.update(1)
-            if step >= cfg.max_steps:
+            if step >= max_steps:
                 break
     bar.close()
     for e in envs:
         e.close()
-    return success, max_cov, frames
+    return success, max_cov, actions
 
 
-def calibration_histories(policy, cfg: EvalConfig) -> list[dict]:
+def render_episode(seed: int, actions: np.ndarray, obs_type: str) -> list[np.ndarray]:
+    """Frames of a recorded episode, re-rendered by replaying its actions. Rendering inside
+    the evaluated rollout would perturb its physics (~1e-16, then chaotic growth), so the
+    episodes that make GIFs would not run under the conditions of the others."""
+    env = make_env(obs_type)
+    env.reset(seed=seed)
+    frames = [env.render()]
+    for a in actions:
+        if np.isnan(a).any():
+            break
+        env.step(a.astype(np.float64))
+        frames.append(env.render())
+    env.close()
+    return frames
+
+
+def calibration_histories(policy, cfg: EvalConfig, count: int | None = None,
+                          rng_seed: int = 0) -> list[dict]:
     """Mid-episode observation histories from the expert demonstrations (replayed in the
-    policy's observation type), as `bac calibrate` uses them. Initial states alone are a poor
-    calibration set: the agent stands still, so the block features' trajectories across the
-    denoising steps differ from the moving scenes the policy meets (measured: BAC S=10 calibrated
-    on 4 initial states reached coverage 0.25 vs 0.58 at full compute)."""
+    policy's observation type). Initial states alone are a poor calibration set: the agent
+    stands still (measured: BAC S=10 calibrated on 4 initial states reached coverage 0.25 vs
+    0.58 at full compute). ``rng_seed`` 1 gives a held-out set from other demos."""
     from bac_ros.pusht.demos import replay_observations
 
     d = np.load(cfg.demos)
     ends = d["episode_ends"]
     starts = np.concatenate([[0], ends[:-1]])
-    rng = np.random.default_rng(0)
+    count = count or cfg.calib_observations
+    order = np.random.default_rng(0).permutation(len(ends))
+    # rng_seed 0: the first `count` demos of a fixed permutation; other seeds: from the end.
+    picked = order[:count] if rng_seed == 0 else order[::-1][:count]
+    rng = np.random.default_rng(rng_seed)
     To = policy.config.n_obs_steps
     out = []
-    for ep in rng.choice(len(ends), size=cfg.calib_observations, replace=False):
+    for ep in picked:
         acts = d["actions"][starts[ep]:ends[ep]]
         obs = replay_observations(int(d["seeds"][ep]), acts, _obs_type(policy))
         t = int(rng.integers(To - 1, len(obs)))
@@ -137,48 +188,208 @@ def calibration_histories(policy, cfg: EvalConfig) -> list[dict]:
     return out
 
 
+class ScheduleFactory:
+    """Builds (and caches) the schedule for a method spec from calibration histories."""
+
+    def __init__(self, policy, cfg: EvalConfig, progress: bool = True):
+        self.policy, self.cfg, self.progress = policy, cfg, progress
+        self._calib: list[dict] | None = None
+        self._stats: dict = {}
+        self.search_logs: dict[str, dict] = {}
+
+    @property
+    def calib(self) -> list[dict]:
+        if self._calib is None:
+            self._calib = calibration_histories(self.policy, self.cfg)
+        return self._calib
+
+    def _similarity(self):
+        key = (self.policy.config.scheduler.type, self.policy.num_inference_steps)
+        if key not in self._stats:
+            feats = capture_features(self.policy, self.calib, list(self.cfg.calib_seeds),
+                                     progress=False)
+            self._stats[key] = (np.stack([cosine_similarity_matrix(f).numpy() for f in feats]),
+                                np.array([caching_error(f).item() for f in feats]))
+        return self._stats[key]
+
+    def build(self, spec: MethodSpec) -> CacheSchedule | None:
+        p = self.policy
+        if spec.method == "full":
+            return None
+        if spec.method == "file":
+            sched = load_schedule(spec.path)
+            p.set_scheduler(sched.scheduler_type, sched.num_steps)
+            sched.check_compatible(p.fingerprint, p.num_inference_steps, p.model.blocks(),
+                                   scheduler_type=p.config.scheduler.type)
+            return sched
+        blocks, flops = p.model.blocks(), model_flops(p.model)
+        K = p.num_inference_steps
+        calib = {"source": f"{self.cfg.demos} (mid-episode histories)",
+                 "observations": self.cfg.calib_observations,
+                 "seeds": list(self.cfg.calib_seeds)}
+        common = dict(blocks=blocks, K=K, fingerprint=p.fingerprint,
+                      scheduler_type=p.config.scheduler.type, calibration=calib, flops=flops)
+        if spec.method == "uniform":
+            return build_schedule("uniform", budget=spec.budget, **common)
+        sim, err = self._similarity()
+        if spec.method != "search":
+            return build_schedule(spec.method, budget=spec.budget, similarity=sim,
+                                  caching_error=err, force_last_step=spec.force_last_step,
+                                  **common)
+        from bac_ros.bac.baselines import flops_ratio
+        from bac_ros.bac.search import SearchConfig, objective_from_observations, search_schedule
+
+        objective = objective_from_observations(p, self.calib, list(self.cfg.calib_seeds))
+        starts = [build_schedule(m, budget=spec.budget, similarity=sim, caching_error=err,
+                                 **common) for m in ("uniform", "shared_acs")]
+        start = min(starts, key=objective)
+        sched, log = search_schedule(start, blocks, objective, flops[0],
+                                     SearchConfig(budget=spec.budget,
+                                                  max_evals=self.cfg.search_evals),
+                                     progress=self.progress)
+        sched.flops_ratio = round(flops_ratio(sched, *flops), 4)
+        self.search_logs[spec.name] = log
+        return sched
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)
+
+
+def _flops_ratio_vs_full(policy, spec: MethodSpec, sched: CacheSchedule | None,
+                         full_steps: int) -> float:
+    per_block, fixed = model_flops(policy.model)
+    full = full_steps * (fixed + sum(per_block))
+    K = policy.num_inference_steps
+    if sched is None:
+        return full / (K * (fixed + sum(per_block)))
+    return full / (K * fixed + sum(f * len(s) for f, s in zip(per_block, sched.update_steps)))
+
+
+def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
+               factory: ScheduleFactory, progress: bool = True) -> dict:
+    """Evaluate one method over every batch, resuming from saved batches. Returns its record."""
+    own = (policy.config.scheduler.type, policy.num_inference_steps)
+    floor = spec is None
+    spec = spec or MethodSpec("full")
+    name = NOISE_FLOOR if floor else spec.name
+    try:
+        if spec.sampler is not None:
+            policy.set_scheduler(spec.sampler, spec.num_steps)
+        sched = factory.build(spec)
+        K_used = policy.num_inference_steps
+        ratio = _flops_ratio_vs_full(policy, spec, sched, own[1])
+        n_blocks = len(policy.model.blocks())
+        frac = 1.0 if sched is None else sched.computed_fraction
+        blocks_vs_full = frac * K_used / own[1]
+        if sched is not None:
+            save_schedule(sched, out_dir / "schedules" / f"{_slug(name)}.yaml")
+        meta = {"method": name, "fingerprint": policy.fingerprint,
+                "schedule_id": None if sched is None else sched.schedule_id,
+                "sampler": policy.config.scheduler.type, "K": K_used,
+                "first_seed": cfg.first_seed, "max_steps": cfg.max_steps,
+                "batch_episodes": cfg.batch_episodes,
+                "noise_seed": cfg.noise_seed + (1 if floor else 0)}
+        path = out_dir / "episodes" / f"{_slug(name)}.json"
+        record = {"meta": meta, "batches": {}}
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("meta") == meta:
+                record = old
+        cache = None if sched is None else ScheduledBlockCache(sched, policy.model.blocks())
+        for j in range(cfg.n_batches):
+            seeds = cfg.batch_seeds(j)
+            have = record["batches"].get(str(j))
+            if have and len(have["coverage"]) == len(seeds):
+                continue
+            succ, cov, acts = rollout(policy, seeds, cfg.max_steps, cache, meta["noise_seed"],
+                                      j, progress)
+            record["batches"][str(j)] = {"coverage": cov.round(6).tolist(),
+                                         "success": succ.astype(int).tolist()}
+            if j == 0 and cfg.gif_episodes:
+                record["gif_actions"] = acts[:cfg.gif_episodes].tolist()
+            from bac_ros.io_utils import atomic_write_text
+
+            atomic_write_text(path, json.dumps(record))
+            if progress:
+                print(f"{name}: batch {j + 1}/{cfg.n_batches} mean max coverage "
+                      f"{cov.mean():.3f}", flush=True)
+        record["summary"] = {"blocks_computed_frac": round(blocks_vs_full, 4),
+                             "flops_ratio": round(ratio, 3), "n_blocks": n_blocks,
+                             "search": factory.search_logs.get(spec.name)}
+        from bac_ros.io_utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(record))
+        return record
+    finally:
+        policy.set_scheduler(*own)
+
+
+def _per_episode(record: dict, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    cov, succ = [], []
+    for j in range(cfg.n_batches):
+        b = record["batches"].get(str(j))
+        if not b:
+            return None
+        cov += b["coverage"][:len(cfg.batch_seeds(j))]
+        succ += b["success"][:len(cfg.batch_seeds(j))]
+    return np.array(cov), np.array(succ, float)
+
+
+def summarize(records: dict[str, dict], cfg: EvalConfig) -> list[dict]:
+    """Rows with paired differences to full compute (per episode)."""
+    ref = _per_episode(records["full"], cfg)
+    rows = []
+    order = ["full", NOISE_FLOOR] + [n for n in records if n not in ("full", NOISE_FLOOR)]
+    for name in [n for n in order if n in records]:
+        rec = records[name]
+        per = _per_episode(rec, cfg)
+        if per is None:
+            continue
+        cov, succ = per
+        row = {"method": name, "episodes": len(cov), "success_rate": float(succ.mean()),
+               "mean_max_coverage": float(cov.mean()), **rec.get("summary", {}),
+               "schedule_id": rec["meta"]["schedule_id"], "per_episode_coverage": cov.tolist(),
+               "per_episode_success": succ.astype(int).tolist()}
+        if name != "full":
+            row["paired_coverage_diff"] = paired_difference(cov, ref[0], margin=cfg.margin)
+            row["paired_success_diff"] = paired_difference(succ, ref[1], margin=cfg.margin)
+        rows.append(row)
+    return rows
+
+
 def evaluate(policy, cfg: EvalConfig, out_dir: str | Path, progress: bool = True) -> list[dict]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    blocks, flops = policy.model.blocks(), model_flops(policy.model)
-    calib = calibration_histories(policy, cfg)
-    stats: dict = {}
-    rows, gifs = [], {}
-    for name, kind, K, method, S, n in cfg.methods:
-        policy.set_scheduler(kind, K)
-        cache, frac = None, 1.0
-        if method != "full":
-            if (kind, K) not in stats:
-                feats = capture_features(policy, calib, list(cfg.calib_seeds), progress=False)
-                stats[(kind, K)] = (np.stack([cosine_similarity_matrix(f).numpy()
-                                              for f in feats]),
-                                    np.array([caching_error(f).item() for f in feats]))
-            sim, err = stats[(kind, K)]
-            sched = build_schedule(method, blocks, K, S, policy.fingerprint, kind, sim, err,
-                                   bua_top_n=n, flops=flops)
-            cache, frac = ScheduledBlockCache(sched, blocks), sched.computed_fraction
-        record = cfg.gif_episodes if name in ("full DDPM-100", "BAC S=10 n=5") else 0
-        succ, cov, frames = rollout(policy, cfg, cache, record, progress)
-        rows.append({"method": name, "episodes": cfg.episodes,
-                     "success_rate": float(succ.mean()), "mean_max_coverage": float(cov.mean()),
-                     "blocks_computed_frac": round(frac * K / 100, 4)})
-        if frames and frames[0]:
-            gifs[name] = frames
-        if progress:
-            print(f"{name}: success {succ.mean():.2f}, mean max coverage {cov.mean():.3f}")
-    _write_outputs(rows, gifs, out_dir)
+    factory = ScheduleFactory(policy, cfg, progress)
+    records = {}
+    specs: list[MethodSpec | None] = list(cfg.specs)
+    if cfg.noise_floor:
+        specs.insert(specs.index(MethodSpec("full")) + 1, None)
+    for spec in specs:
+        rec = run_method(policy, cfg, spec, out_dir, factory, progress)
+        records[rec["meta"]["method"]] = rec
+    rows = summarize(records, cfg)
+    _write_outputs(rows, records, policy, cfg, out_dir)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    return ("| method | episodes | success rate | mean max coverage | block evaluations vs "
-            "DDPM-100 |\n|---|---|---|---|---|\n" + "".join(
-                f"| {r['method']} | {r['episodes']} | {r['success_rate']:.2f} | "
-                f"{r['mean_max_coverage']:.3f} | {100 * r['blocks_computed_frac']:.1f}% |\n"
-                for r in rows))
+    head = ("| method | episodes | success | mean max coverage | blocks computed | FLOPs ratio | "
+            "paired coverage diff vs full [95% CI] | non-inferior (-margin) |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    body = ""
+    for r in rows:
+        d = r.get("paired_coverage_diff")
+        diff = "—" if d is None else f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+        ni = "—" if d is None else ("yes" if d["noninferior"] else "no")
+        body += (f"| {r['method']} | {r['episodes']} | {r['success_rate']:.2f} | "
+                 f"{r['mean_max_coverage']:.3f} | {100 * r.get('blocks_computed_frac', 1):.1f}% | "
+                 f"{r.get('flops_ratio', 1):.2f}x | {diff} | {ni} |\n")
+    return head + body
 
 
-def _write_outputs(rows, gifs, out_dir: Path) -> None:
+def _write_outputs(rows, records, policy, cfg: EvalConfig, out_dir: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,19 +399,54 @@ def _write_outputs(rows, gifs, out_dir: Path) -> None:
     from bac_ros.io_utils import atomic_write_text
 
     atomic_write_text(out_dir / "results.md", format_table(rows))
-    fig, ax = plt.subplots(figsize=(8, 3))
-    x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["success_rate"] for r in rows], 0.4, label="success rate")
-    ax.bar(x + 0.2, [r["mean_max_coverage"] for r in rows], 0.4, label="mean max coverage")
-    ax.set_xticks(x, [r["method"] for r in rows], rotation=20, fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "results.png", dpi=110)
-    plt.close(fig)
-    for name, frames in gifs.items():
-        seq = [Image.fromarray(f).resize((256, 256)) for ep in frames for f in ep[::2]]
+    atomic_write_text(out_dir / "results.json", json.dumps(rows, indent=1))
+    plot_pareto(rows, out_dir / "pareto.png", cfg.margin)
+    obs_type = _obs_type(policy)
+    for name, rec in records.items():
+        acts = rec.get("gif_actions")
+        if not acts or name == NOISE_FLOOR:
+            continue
+        seq = []
+        for i, a in enumerate(acts):
+            frames = render_episode(cfg.first_seed + i, np.array(a), obs_type)
+            seq += [Image.fromarray(f).resize((256, 256)) for f in frames[::2]]
         if seq:
-            slug = name.split()[0].lower()
-            seq[0].save(out_dir / f"rollouts_{slug}.gif", save_all=True,
+            seq[0].save(out_dir / f"rollouts_{_slug(name)}.gif", save_all=True,
                         append_images=seq[1:], duration=100, loop=0)
+    plt.close("all")
+
+
+def plot_pareto(rows: list[dict], path: Path, margin: float) -> None:
+    """Paired coverage difference vs FLOPs ratio, per method family, noise floor shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    floor = next((r for r in rows if r["method"] == NOISE_FLOOR), None)
+    if floor:
+        lo, hi = floor["paired_coverage_diff"]["ci95"]
+        ax.axhspan(lo, hi, color="0.85", label="noise floor (full, other noise) 95% CI")
+    ax.axhline(-margin, color="r", ls="--", lw=1, label=f"non-inferiority margin -{margin}")
+    ax.axhline(0, color="k", lw=0.5)
+    families: dict[str, list] = {}
+    for r in rows:
+        d = r.get("paired_coverage_diff")
+        if d is None or r["method"] == NOISE_FLOOR:
+            continue
+        fam = r["method"].split(":")[0] if not r["method"].startswith("file:") else "bundled"
+        if r["method"].startswith("ddim") or r["method"].startswith("ddpm"):
+            fam = "DDIM-K (full)"
+        families.setdefault(fam, []).append((r["flops_ratio"], d["mean"], *d["ci95"]))
+    for fam, pts in sorted(families.items()):
+        pts.sort()
+        x, m, lo, hi = (np.array(v) for v in zip(*pts))
+        ax.errorbar(x, m, yerr=[m - lo, hi - m], marker="o", capsize=3, label=fam, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs ratio vs full DDPM-100 (log)")
+    ax.set_ylabel("paired Δ mean max coverage vs full")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

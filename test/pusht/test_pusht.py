@@ -78,27 +78,48 @@ def _bac_eval_json(ckpt, *args, timeout=600) -> list[dict]:
     return json.loads(out.stdout[out.stdout.index("["):])
 
 
-def test_eval_pipeline(tmp_path):
-    """`bac eval` runs episodes in lock-step on a tiny policy (pipeline, not success)."""
+def test_eval_pipeline_paired_and_resumable(tmp_path):
+    """`bac eval` with method specs on a tiny policy: every row paired with full compute,
+    the noise floor present, per-episode values in the JSON, and a second run resumes from
+    the saved batches (same numbers, nothing recomputed)."""
     p = make_tiny_policy("lowdim", num_inference_steps=4, scheduler="ddim")
     ckpt = save_policy(p, tmp_path / "p.safetensors")
-    rows = _bac_eval_json(ckpt, "--episodes", "2", "--max-steps", "16", "--ddim-only", "4",
-                          "--gif-episodes", "0", "--out", str(tmp_path / "ev"))
-    assert [r["method"] for r in rows] == ["DDIM-4", "BAC DDIM-4 S=2"]
-    assert all(0 <= r["mean_max_coverage"] <= 1 for r in rows)
-    assert (tmp_path / "ev" / "results.md").exists()
+    args = ("--episodes", "3", "--batch-episodes", "2", "--max-steps", "16", "--methods",
+            "full", "uniform:2", "bac+last:2", "search:2", "--search-evals", "6",
+            "--calib-observations", "2", "--gif-episodes", "1", "--out", str(tmp_path / "ev"))
+    rows = _bac_eval_json(ckpt, *args)
+    by = {r["method"]: r for r in rows}
+    assert list(by) == ["full", "full#noise1", "uniform:2", "bac+last:2", "search:2"]
+    for name, r in by.items():
+        assert r["episodes"] == 3 and len(r["per_episode_coverage"]) == 3
+        if name != "full":
+            d = r["paired_coverage_diff"]
+            diffs = np.subtract(r["per_episode_coverage"], by["full"]["per_episode_coverage"])
+            assert d["n"] == 3 and np.isclose(d["mean"], diffs.mean())
+            assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    assert by["search:2"]["blocks_computed_frac"] <= by["uniform:2"]["blocks_computed_frac"] + 1e-9
+    out = tmp_path / "ev"
+    assert {"results.md", "results.json", "pareto.png", "rollouts_full.gif"} <= \
+        {f.name for f in out.iterdir()}
+    assert (out / "schedules" / "search_2.yaml").exists()
+    stamp = (out / "episodes" / "full.json").stat().st_mtime_ns
+    again = _bac_eval_json(ckpt, *args)
+    assert [r["per_episode_coverage"] for r in again] == [r["per_episode_coverage"] for r in rows]
+    assert (out / "episodes" / "full.json").stat().st_mtime_ns >= stamp
 
 
 def test_eval_bundled_policy_short(tmp_path):
     """The committed results' command on the bundled policy, short: 2 episodes, 40 steps,
-    DDIM-10 and BAC on it; the pipeline runs end to end on the real trained weights."""
+    DDIM-10 and the bundled schedule file; runs end to end on the real trained weights."""
     ckpt = ROOT / "data" / "policies" / "pusht_lowdim.safetensors"
-    rows = _bac_eval_json(ckpt, "--episodes", "2", "--max-steps", "40", "--ddim-only", "10",
-                          "--gif-episodes", "1", "--out", str(tmp_path / "ev"), timeout=900)
-    assert [r["method"] for r in rows][0] == "DDIM-10" and len(rows) == 2
+    sched = ROOT / "data" / "policies" / "pusht_lowdim.schedule.yaml"
+    rows = _bac_eval_json(ckpt, "--episodes", "2", "--max-steps", "40", "--methods", "ddim:10",
+                          f"file:{sched}", "--no-noise-floor", "--gif-episodes", "1",
+                          "--out", str(tmp_path / "ev"), timeout=900)
+    assert [r["method"] for r in rows] == ["full", "ddim:10", f"file:{sched}"]
     assert all(r["episodes"] == 2 and 0 <= r["mean_max_coverage"] <= 1 for r in rows)
-    assert rows[1]["blocks_computed_frac"] < rows[0]["blocks_computed_frac"]
-    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) >= ["results.md", "results.png"]
+    assert rows[2]["blocks_computed_frac"] < rows[0]["blocks_computed_frac"]
+    assert rows[2]["flops_ratio"] > 2
 
 
 def test_bundled_bag_topics_and_rates():
