@@ -31,6 +31,8 @@ class BenchConfig:
     methods: list[str] = field(default_factory=lambda: ["full", "uniform", "shared_acs",
                                                         "acs", "bac"])
     dtype: str = "float32"
+    schedule: object = None  # a CacheSchedule to time beside the calibrated methods
+    heldout: list | None = None  # observations for action_rel_err (else the timed random obs)
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.warmup < 0 or self.batch < 1:
@@ -52,6 +54,13 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
     settings = [("ddpm", cfg.ddpm_steps, cfg.budget)]
     if cfg.ddim_steps:
         settings.append(("ddim", cfg.ddim_steps, cfg.ddim_budget))
+    extra = cfg.schedule
+    if extra is not None and not any((k, K) == (extra.scheduler_type, extra.num_steps)
+                                     for k, K, _ in settings):
+        settings.append((extra.scheduler_type, extra.num_steps, cfg.budget))
+    env["action_rel_err_on"] = (f"{sum(len(next(iter(o.values()))) for o in cfg.heldout)} "
+                                "held-out observations" if cfg.heldout else
+                                "the timed random observation")
     rows = []
     for kind, K, S in settings:
         policy.set_scheduler(kind, K)
@@ -60,6 +69,13 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
         err = np.array([caching_error(f).item() for f in feats])
         scheds = {m: build_schedule(m, blocks, K, min(S, K), policy.fingerprint, kind, sim, err,
                                     cfg.bua_top_n, flops=flops) for m in cfg.methods}
+        if extra is not None and (extra.scheduler_type, extra.num_steps) == (kind, K):
+            extra.check_compatible(policy.fingerprint, K, blocks, scheduler_type=kind)
+            if extra.flops_ratio is None:
+                from bac_ros.bac.baselines import flops_ratio
+
+                extra.flops_ratio = round(flops_ratio(extra, *flops), 4)
+            scheds[f"schedule {extra.schedule_id} ({extra.method} S={extra.budget})"] = extra
         caches = {m: None if m == "full" else ScheduledBlockCache(s, blocks)
                   for m, s in scheds.items()}
         autocast = torch.autocast(device.type, dtype=dtype) if dtype else torch.no_grad()
@@ -84,11 +100,15 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
                     bar.update(1)
             bar.close()
         full_p50 = float(np.median(times["full"])) if "full" in times else None
+        rels = _heldout_rel_err(policy, cfg.heldout, scheds, caches) if cfg.heldout else None
         ref = outs.get("full")
         for m, s in scheds.items():
             t = np.array(times[m])
-            rel = float((outs[m] - ref).norm() / ref.norm().clamp_min(1e-12)) \
-                if ref is not None else None
+            if rels is not None:
+                rel = rels[m]
+            else:
+                rel = float((outs[m] - ref).norm() / ref.norm().clamp_min(1e-12)) \
+                    if ref is not None else None
             rows.append({
                 "method": m, "scheduler": kind, "steps": K, "S": s.budget,
                 "chunk_ms_p50": float(np.percentile(t, 50)),
@@ -103,9 +123,22 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
     return rows, env
 
 
+@torch.no_grad()
+def _heldout_rel_err(policy, heldout: list, scheds: dict, caches: dict) -> dict:
+    """||a - a_full|| / ||a_full|| on held-out observations (batched, same noise)."""
+    cond = torch.cat([policy.encode_condition(o) for o in heldout])
+    noise = policy.make_noise(cond.shape[0], torch.Generator().manual_seed(123))
+    run = {m: policy.denoise(cond, noise, cache=caches[m],
+                             generator=torch.Generator().manual_seed(123)) for m in scheds}
+    ref = run["full"] if "full" in run else policy.denoise(
+        cond, noise, generator=torch.Generator().manual_seed(123))
+    return {m: float((o - ref).norm() / ref.norm().clamp_min(1e-12)) for m, o in run.items()}
+
+
 def format_markdown(rows: list[dict], env: dict) -> str:
     head = (f"Device: {env['device']}; torch {env['torch']}; dtype {env['dtype']}; batch "
-            f"{env['batch']}; policy {env['policy']} ({env['fingerprint']})\n\n"
+            f"{env['batch']}; policy {env['policy']} ({env['fingerprint']}); action rel. err "
+            f"on {env['action_rel_err_on']}\n\n"
             "| scheduler | method | K | S | chunk ms p50 | p95 | p99 | speedup vs full | "
             "action rel. err | blocks computed | FLOPs ratio |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n")

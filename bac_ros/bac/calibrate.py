@@ -19,6 +19,7 @@ from bac_ros.bac.schedule import CacheSchedule, now_iso, save_schedule
 from bac_ros.bac.similarity import caching_error, cosine_similarity_matrix
 
 TABLE_METHODS = ("full", "uniform", "shared_acs", "acs", "bac")
+SCHEDULE_METHODS = ("bac", "acs", "shared_acs", "uniform", "search")
 
 
 @dataclass
@@ -32,6 +33,11 @@ class CalibrationConfig:
     table_budgets: list[int] = field(default_factory=list)  # S values for the table
     eval_samples: int = 4  # (observation, noise) pairs for the fidelity table
     timing_repeats: int = 3
+    method: str = "bac"  # schedule written: bac | acs | shared_acs | uniform | search
+    search_evals: int = 300
+    max_action_error: float | None = None  # pick the cheapest budget within this (held out)
+    candidate_budgets: list[int] = field(default_factory=lambda: [5, 7, 10, 15, 20, 25, 30,
+                                                                  40, 50])
 
     def __post_init__(self) -> None:
         if self.budget < 1:
@@ -45,6 +51,13 @@ class CalibrationConfig:
         bad = [S for S in self.table_budgets if S < 1]
         if bad:
             raise ValueError(f"`table_budgets` must all be >= 1. Got {self.table_budgets}.")
+        if self.method not in SCHEDULE_METHODS:
+            raise ValueError(f"`method` must be one of {SCHEDULE_METHODS}. Got {self.method!r}.")
+        if self.max_action_error is not None and not self.max_action_error > 0:
+            raise ValueError(f"`max_action_error` must be > 0. Got {self.max_action_error}.")
+        if self.search_evals < 1 or not self.candidate_budgets or \
+                min(self.candidate_budgets) < 1:
+            raise ValueError("`search_evals` >= 1 and positive `candidate_budgets` required.")
         if self.eval_samples < 1 or self.timing_repeats < 1:
             raise ValueError("`eval_samples` and `timing_repeats` must be >= 1. Got "
                              f"{self.eval_samples} and {self.timing_repeats}.")
@@ -58,6 +71,8 @@ class CalibrationResult:
     table: list[dict]
     stability: dict
     files: dict[str, str]
+    table_source: str = "held-out observations"
+    operating_point: list[dict] = field(default_factory=list)  # budget search, if any
 
 
 def _jaccard(a: set[int], b: set[int]) -> float:
@@ -138,13 +153,50 @@ def fidelity_table(policy, observations, schedules: list[CacheSchedule], samples
     return rows
 
 
+def _build(method: str, budget: int, common: dict, objective=None, search_evals: int = 300,
+           progress: bool = False) -> CacheSchedule:
+    """One schedule; ``search`` starts from the better of Uniform and shared ACS."""
+    if method != "search":
+        return build_schedule(method, budget=budget, **common)
+    from bac_ros.bac.baselines import flops_ratio
+    from bac_ros.bac.search import SearchConfig, search_schedule
+
+    starts = [build_schedule(m, budget=budget, **{**common, "force_last_step": False})
+              for m in ("uniform", "shared_acs")]
+    start = min(starts, key=objective)
+    per_block, fixed = common["flops"]
+    sched, log = search_schedule(start, common["blocks"], objective, per_block,
+                                 SearchConfig(budget=budget, max_evals=search_evals),
+                                 progress=progress)
+    sched.flops_ratio = round(flops_ratio(sched, per_block, fixed), 4)
+    sched.calibration = {**sched.calibration, "search": log}
+    return sched
+
+
+def action_error(policy, observations, schedule: CacheSchedule | None, seeds=(7,)) -> float:
+    """Mean |action - full action| (normalized units, executed slice), same noise."""
+    from bac_ros.bac.search import objective_from_observations
+
+    obj = objective_from_observations(policy, observations, list(seeds), seed=11)
+    return 0.0 if schedule is None else obj(schedule)
+
+
 def calibrate(policy, observations: Iterable[Mapping], config: CalibrationConfig,
               out_path: str | Path, source: str = "python", plots: bool = True,
-              progress: bool = True) -> CalibrationResult:
-    """Calibrate a BAC schedule for ``policy`` at its current step count and save it."""
+              progress: bool = True, heldout: Iterable[Mapping] | None = None
+              ) -> CalibrationResult:
+    """Calibrate a schedule for ``policy`` at its current step count and save it.
+
+    ``heldout``: observations never used for calibration; the fidelity table and the
+    operating-point choice are measured on them (on the calibration set itself when None,
+    which flatters every calibrated method and is labelled as such)."""
     from bac_ros.bac import plots as P
 
     observations = list(observations)[: config.max_observations]
+    heldout = list(heldout) if heldout is not None else None
+    table_obs = heldout or observations
+    table_source = "held-out observations" if heldout else \
+        "the calibration observations themselves (not held out)"
     out_path = Path(out_path)
     blocks = policy.model.blocks()
     K = policy.num_inference_steps
@@ -163,16 +215,49 @@ def calibrate(policy, observations: Iterable[Mapping], config: CalibrationConfig
                   caching_error=err, bua_top_n=config.bua_top_n,
                   bua_min_selected=config.bua_min_selected,
                   force_last_step=config.force_last_step, calibration=calib, flops=flops)
-    schedule = build_schedule("bac", budget=config.budget, **common)
-    save_schedule(schedule, out_path)
-    acs_sets = build_schedule("acs", budget=config.budget, **common).update_steps
-    stability = schedule_stability(feats, config.budget, config.force_last_step, acs_sets)
+    objective = None
+    if config.method == "search":
+        from bac_ros.bac.search import objective_from_observations
 
-    budgets = config.table_budgets or [config.budget]
+        objective = objective_from_observations(policy, observations, config.seeds)
+
+    budget, operating = config.budget, []
+    if config.max_action_error is not None:
+        # Cheapest budget first; the first whose held-out error is within the target wins.
+        budget = None
+        for S in sorted(b for b in config.candidate_budgets if b <= K):
+            cand = _build(config.method, S, common, objective, config.search_evals)
+            e = action_error(policy, table_obs, cand)
+            operating.append({"S": S, "action_err_mean": e, "flops_ratio": cand.flops_ratio,
+                              "within_target": e <= config.max_action_error})
+            if progress:
+                print(f"  S={S}: held-out action error {e:.4f} (target "
+                      f"{config.max_action_error}), FLOPs ratio {cand.flops_ratio:.2f}x",
+                      flush=True)
+            if e <= config.max_action_error:
+                budget = S
+                break
+        if budget is None:
+            raise ValueError(
+                f"no budget in {config.candidate_budgets} keeps the held-out action error "
+                f"within {config.max_action_error} (best: "
+                f"{min(o['action_err_mean'] for o in operating):.4f}); raise the target, add "
+                "larger budgets, or run full compute.")
+        calib["operating_point"] = {"max_action_error": config.max_action_error,
+                                    "measured_on": table_source, "tried": operating}
+    schedule = _build(config.method, budget, common, objective, config.search_evals, progress)
+    save_schedule(schedule, out_path)
+    acs_sets = build_schedule("acs", budget=budget, **common).update_steps
+    stability = schedule_stability(feats, budget, config.force_last_step, acs_sets)
+
+    budgets = config.table_budgets or [budget]
     table_scheds = [build_schedule("full", budget=K, **common)]
     for S in budgets:
         table_scheds += [build_schedule(m, budget=S, **common) for m in TABLE_METHODS[1:]]
-    table = fidelity_table(policy, observations, table_scheds, config.eval_samples,
+        if config.method == "search":
+            table_scheds.append(schedule if S == budget else
+                                _build("search", S, common, objective, config.search_evals))
+    table = fidelity_table(policy, table_obs, table_scheds, config.eval_samples,
                            config.timing_repeats)
     files = {"schedule": str(out_path)}
     if plots:
@@ -183,7 +268,8 @@ def calibrate(policy, observations: Iterable[Mapping], config: CalibrationConfig
         files["schedule_png"] = str(P.plot_schedule_raster(schedule, Path(f"{stem}_schedule.png")))
         files["error_png"] = str(P.plot_caching_error(
             err, names, schedule.bua_selected, Path(f"{stem}_caching_error.png")))
-    return CalibrationResult(schedule, sim, err, table, stability, files)
+    return CalibrationResult(schedule, sim, err, table, stability, files, table_source,
+                             operating)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -32,10 +32,34 @@ def register(subparsers) -> None:
                    help="benchmark a seeded random DP-T of --n-layer/--n-emb instead")
     p.add_argument("--n-layer", type=int, default=8)
     p.add_argument("--n-emb", type=int, default=256)
+    p.add_argument("--schedule", default=None,
+                   help="also time this schedule file (default for the bundled policy: its "
+                        "bundled schedule; '' = none)")
+    p.add_argument("--heldout", default=None,
+                   help="observations (npz / rosbag2) for action_rel_err, never used for "
+                        "calibration (default for the bundled low-dim policy: "
+                        "data/pusht/heldout_lowdim.npz; else the timed random observation)")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of {method, steps, chunk_ms_p50, ...}")
     p.set_defaults(func=run)
+
+
+def _schedule_and_heldout(args, policy):
+    from bac_ros.bac.capture import load_observations
+    from bac_ros.bac.schedule import load_schedule
+    from bac_ros.cli.common import REPO_DATA, bundled_policy
+
+    path = args.schedule
+    if path is None and args.checkpoint is None and not args.random_policy:
+        path = bundled_policy()[1]
+    schedule = load_schedule(path) if path else None
+    heldout = args.heldout
+    bundled = REPO_DATA / "pusht" / "heldout_lowdim.npz"
+    if heldout is None and not args.random_policy and bundled.exists() and \
+            set(policy.config.shape_meta.obs) == {"keypoints", "agent_pos"}:
+        heldout = bundled
+    return schedule, (load_observations(heldout, policy, 10_000) if heldout else None)
 
 
 def run(args) -> int:
@@ -49,10 +73,12 @@ def run(args) -> int:
                                   image_hw=96).to(args.device)
     else:
         policy = load_policy_from_args(args)
+    schedule, heldout = _schedule_and_heldout(args, policy)
     cfg = BenchConfig(ddpm_steps=args.ddpm_steps, ddim_steps=args.ddim_steps,
                       budget=args.budget, ddim_budget=args.ddim_budget,
                       bua_top_n=args.bua_top_n, repeats=args.repeats, warmup=args.warmup,
-                      batch=args.batch, methods=list(args.methods), dtype=args.dtype)
+                      batch=args.batch, methods=list(args.methods), dtype=args.dtype,
+                      schedule=schedule, heldout=heldout)
     rows, env = run_benchmark(policy, cfg, progress=not args.json)
     table = format_markdown(rows, env)
     if args.markdown:

@@ -86,9 +86,18 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
+def calibration_episodes(n_episodes: int, n: int = 16, seed: int = 0) -> np.ndarray:
+    """The demo episodes `write_calibration_npz(seed=seed)` draws its histories from."""
+    return np.random.default_rng(seed).choice(n_episodes, size=n, replace=n_episodes < n)
+
+
 def write_calibration_npz(demos_path: str | Path, out: str | Path, n: int = 16,
-                          n_obs_steps: int = 2, seed: int = 0) -> Path:
-    """Observation histories from the demonstrations for `bac calibrate --source X.npz`."""
+                          n_obs_steps: int = 2, seed: int = 0,
+                          exclude_episodes=()) -> Path:
+    """Observation histories from the demonstrations for `bac calibrate --source X.npz`.
+
+    ``exclude_episodes``: demo episodes to leave out (e.g. the calibration set's, to write a
+    held-out set for fidelity measurements)."""
     import io
 
     d = np.load(demos_path)
@@ -96,7 +105,12 @@ def write_calibration_npz(demos_path: str | Path, out: str | Path, n: int = 16,
     starts = np.concatenate([[0], ends[:-1]])
     rng = np.random.default_rng(seed)
     kp, ag = [], []
-    for ep in rng.choice(len(ends), size=n, replace=len(ends) < n):
+    if len(exclude_episodes):
+        allowed = np.setdiff1d(np.arange(len(ends)), np.asarray(exclude_episodes))
+        episodes = rng.choice(allowed, size=n, replace=len(allowed) < n)
+    else:
+        episodes = rng.choice(len(ends), size=n, replace=len(ends) < n)
+    for ep in episodes:
         t = int(rng.integers(starts[ep] + n_obs_steps - 1, ends[ep]))
         window = d["obs_lowdim"][t - n_obs_steps + 1:t + 1]
         kp.append(window[:, :16])

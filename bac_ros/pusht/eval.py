@@ -252,7 +252,7 @@ class ScheduleFactory:
         return sched
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)
 
 
@@ -283,14 +283,14 @@ def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
         frac = 1.0 if sched is None else sched.computed_fraction
         blocks_vs_full = frac * K_used / own[1]
         if sched is not None:
-            save_schedule(sched, out_dir / "schedules" / f"{_slug(name)}.yaml")
+            save_schedule(sched, out_dir / "schedules" / f"{slug(name)}.yaml")
         meta = {"method": name, "fingerprint": policy.fingerprint,
                 "schedule_id": None if sched is None else sched.schedule_id,
                 "sampler": policy.config.scheduler.type, "K": K_used,
                 "first_seed": cfg.first_seed, "max_steps": cfg.max_steps,
                 "batch_episodes": cfg.batch_episodes,
                 "noise_seed": cfg.noise_seed + (1 if floor else 0)}
-        path = out_dir / "episodes" / f"{_slug(name)}.json"
+        path = out_dir / "episodes" / f"{slug(name)}.json"
         record = {"meta": meta, "batches": {}}
         if path.exists():
             old = json.loads(path.read_text())
@@ -411,7 +411,7 @@ def _write_outputs(rows, records, policy, cfg: EvalConfig, out_dir: Path) -> Non
             frames = render_episode(cfg.first_seed + i, np.array(a), obs_type)
             seq += [Image.fromarray(f).resize((256, 256)) for f in frames[::2]]
         if seq:
-            seq[0].save(out_dir / f"rollouts_{_slug(name)}.gif", save_all=True,
+            seq[0].save(out_dir / f"rollouts_{slug(name)}.gif", save_all=True,
                         append_images=seq[1:], duration=100, loop=0)
     plt.close("all")
 
