@@ -13,15 +13,14 @@ Two formats:
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
-import operator
 import pickle
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bac_ros.engine.config import (
@@ -116,38 +115,11 @@ def _load_safetensors(path: Path) -> tuple[PolicyConfig, dict[str, torch.Tensor]
 
 
 # -- diffusion_policy .ckpt ---------------------------------------------------------------------
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
-           ast.Pow: operator.pow}
-_CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
-           ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
-
-
 def safe_eval(expr: str) -> Any:
-    """Evaluate diffusion_policy's ``${eval:...}`` arithmetic without Python's eval()."""
+    """Bounded ``${eval:...}`` arithmetic (kept here for callers; see dp_config)."""
+    from bac_ros.engine.dp_config import safe_eval as _safe_eval
 
-    def ev(node):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Not)):
-            v = ev(node.operand)
-            return -v if isinstance(node.op, ast.USub) else not v
-        if isinstance(node, ast.BoolOp):
-            vals = [ev(v) for v in node.values]
-            return all(vals) if isinstance(node.op, ast.And) else any(vals)
-        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _CMPOPS:
-            return _CMPOPS[type(node.ops[0])](ev(node.left), ev(node.comparators[0]))
-        if isinstance(node, ast.IfExp):
-            return ev(node.body) if ev(node.test) else ev(node.orelse)
-        if isinstance(node, (ast.List, ast.Tuple)):
-            return [ev(e) for e in node.elts]
-        raise CheckpointError(f"unsupported expression in cfg ${{eval:{expr}}}")
-
-    return ev(ast.parse(str(expr), mode="eval"))
+    return _safe_eval(expr)
 
 
 def read_dp_payload(path: Path, allow_pickle: bool) -> dict:
@@ -201,26 +173,39 @@ _HYBRID_DEFAULTS = dict(crop_shape=(76, 76), obs_encoder_group_norm=False,
 
 def config_from_dp_cfg(cfg) -> tuple[PolicyConfig, bool]:
     """PolicyConfig from a diffusion_policy hydra cfg; returns (config, use_ema)."""
-    from omegaconf import DictConfig, OmegaConf
+    from bac_ros.engine.dp_config import ConfigError, Resolver, to_plain
 
-    if not OmegaConf.has_resolver("eval"):
-        # Arithmetic only (no builtins, no calls): cfgs come from files we do not trust.
-        register = getattr(OmegaConf, "register_resolver", None) or \
-            OmegaConf.register_new_resolver
-        register("eval", safe_eval)
-    # Resolve only what we read: the rest of a real cfg holds hydra-only interpolations
-    # (``${now:...}`` in logging / multi_run) that need hydra's resolvers.
+    # Plain data only: no OmegaConf object is built and no OmegaConf resolver runs (cfgs come
+    # from files we do not trust). Resolve only what we read: the rest of a real cfg holds
+    # hydra-only interpolations (``${now:...}`` in logging) that stay literal text.
     try:
-        if not isinstance(cfg, DictConfig) or "policy" not in cfg:
+        tree = to_plain(cfg)
+        if not isinstance(tree, dict) or not isinstance(tree.get("policy"), dict):
             raise CheckpointError("the checkpoint's cfg has no 'policy' section; is it a "
                                   "diffusion_policy workspace checkpoint?")
-        pol = OmegaConf.to_container(cfg.policy, resolve=True)
-        training = cfg.get("training")
-        use_ema = bool(training.get("use_ema", False)) if training is not None else False
+        res = Resolver(tree)
+        pol = res.value(tree["policy"])
+        training = tree.get("training")
+        use_ema = res.value(training.get("use_ema", False)) if isinstance(training, dict) \
+            else False
+        if not isinstance(use_ema, bool):
+            raise CheckpointError(f"cfg.training.use_ema must be true or false. Got "
+                                  f"{str(use_ema)[:80]!r}.")
     except CheckpointError:
         raise
-    except Exception as exc:  # noqa: BLE001 - omegaconf raises many types
-        raise CheckpointError(f"cannot resolve the checkpoint's cfg.policy: {exc}") from exc
+    except ConfigError as exc:
+        raise CheckpointError(f"cannot read the checkpoint's cfg.policy: {exc}") from exc
+    try:
+        return _config_from_policy_cfg(pol, use_ema)
+    except (CheckpointError, UnsupportedArchitectureError):
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"the checkpoint's cfg.policy is malformed ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}); unresolved interpolations such as "
+                              "${oc.env:...} are not supported.") from exc
+
+
+def _config_from_policy_cfg(pol: dict, use_ema: bool) -> tuple[PolicyConfig, bool]:
     target = str(pol.get("_target_", ""))
     if "transformer" not in target.lower():
         raise UnsupportedArchitectureError(
@@ -324,7 +309,32 @@ def _load_dp_ckpt(path: Path, allow_pickle: bool) -> tuple[PolicyConfig, dict]:
 
 
 # -- entry points -----------------------------------------------------------------------------
+# Far above any DP-T that fits a robot, far below what exhausts a machine: a hostile config
+# (horizon 8e6, n_layer 1e5, num_train_timesteps 1e9) is refused before anything is allocated.
+LIMITS = {"horizon": 1024, "n_obs_steps": 64, "n_action_steps": 1024, "n_layer": 64,
+          "n_head": 128, "n_emb": 8192, "n_cond_layers": 64, "num_train_timesteps": 10_000,
+          "num_inference_steps": 10_000, "obs_values": 50_000_000, "params": 2_000_000_000}
+
+
+def check_resource_limits(config: PolicyConfig, source: str = "?") -> None:
+    t, s = config.transformer, config.scheduler
+    values = {"horizon": config.horizon, "n_obs_steps": config.n_obs_steps,
+              "n_action_steps": config.n_action_steps, "n_layer": t.n_layer,
+              "n_head": t.n_head, "n_emb": t.n_emb, "n_cond_layers": t.n_cond_layers,
+              "num_train_timesteps": s.num_train_timesteps,
+              "num_inference_steps": s.num_inference_steps,
+              "obs_values": sum(int(np.prod(o.shape)) for o in config.shape_meta.obs.values()),
+              "params": 13 * (t.n_layer + t.n_cond_layers) * t.n_emb ** 2
+              + t.n_emb * (t.cond_dim + t.input_dim + t.horizon)}
+    bad = {k: v for k, v in values.items() if not isinstance(v, int) or v > LIMITS[k]}
+    if bad:
+        raise CheckpointError(f"{source}: config values {bad} exceed bac_ros's limits "
+                              f"{ {k: LIMITS[k] for k in bad} }; refusing to allocate the model "
+                              "(a damaged or hostile file).")
+
+
 def build_policy(config: PolicyConfig, weights: dict[str, torch.Tensor], source: str = "?"):
+    check_resource_limits(config, source)
     policy = DiffusionPolicy(config)
     expected = policy.state_dict(keep_vars=True)
     # Map aliases (same tensor under two names) so either name satisfies both.

@@ -5,7 +5,8 @@ tensors, an OmegaConf cfg, optimizer state and a few dill-pickled values; torch'
 ``weights_only`` loader refuses some of these (``dill._dill._load_type``,
 ``collections.defaultdict``, ``_codecs.encode``). This module lets ``torch.load`` read
 them through an allow-list: only the globals below can be created, anything from
-``diffusion_policy`` / ``hydra`` becomes an inert :class:`OpaqueObject`, and every
+``diffusion_policy`` / ``hydra`` becomes an inert :class:`OpaqueObject`, so do OmegaConf's
+config classes (read as plain data by ``dp_config``, never constructed), and every
 other global (``os.system``, ``builtins.eval``, ...) raises ``UnpicklingError``
 before it can run. Nothing from diffusion_policy is imported.
 """
@@ -37,6 +38,11 @@ _ALLOWED: dict[str, set[str]] = {
     "numpy": {"dtype", "ndarray"},
     "numpy.core.multiarray": {"_reconstruct", "scalar"},
     "numpy._core.multiarray": {"_reconstruct", "scalar"},
+}
+# OmegaConf classes are never built: constructing them evaluates type-annotation strings and
+# resolving them runs resolvers. They become inert stand-ins whose pickled state
+# ``engine.dp_config.to_plain`` reads as plain data.
+OMEGACONF_CLASSES: dict[str, set[str]] = {
     "omegaconf.dictconfig": {"DictConfig"},
     "omegaconf.listconfig": {"ListConfig"},
     "omegaconf.base": {"ContainerMetadata", "Metadata", "Container", "Node"},
@@ -63,8 +69,9 @@ class OpaqueObject:
         return f"<opaque {self._module}.{self._qualname}>"
 
 
-def _opaque_class(module: str, name: str) -> type:
-    return type(name, (OpaqueObject,), {"_module": module, "_qualname": name})
+def _opaque_class(module: str, name: str, omegaconf: bool = False) -> type:
+    return type(name, (OpaqueObject,), {"_module": module, "_qualname": name,
+                                        "_omegaconf_standin": omegaconf})
 
 
 def _dill_load_type(name: str) -> type:
@@ -87,6 +94,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module.split(".")[0] in OPAQUE_MODULE_PREFIXES:
             return _opaque_class(module, name)
+        if name in OMEGACONF_CLASSES.get(module, ()):
+            return _opaque_class(module, name, omegaconf=True)
         if module == "dill._dill" and name == "_load_type":
             return _dill_load_type
         if name in _ALLOWED.get(module, ()):

@@ -1,0 +1,99 @@
+"""Issue 17, class 1: a checkpoint's cfg is read as plain data. No OmegaConf object is built
+and no OmegaConf resolver runs on the restricted path; interpolations other than references
+and bounded ${eval:} arithmetic stay literal text; hostile sizes are refused before anything
+is allocated. Through `bac convert` (the real CLI entry) and load_policy (the node's loader)."""
+
+import json
+
+import dill
+import pytest
+import torch
+
+from bac_ros.cli.main import main
+from bac_ros.engine.checkpoint import CheckpointError, load_policy, save_policy
+from bac_ros.engine.dp_export import dp_cfg
+from bac_ros.engine.testing import lowdim_dp_policy, make_tiny_policy, save_dp_checkpoint
+
+
+def _ckpt_with_cfg(tmp_path, mutate, name="in.ckpt"):
+    p = lowdim_dp_policy(num_inference_steps=4)
+    path = save_dp_checkpoint(p, tmp_path / name)
+    payload = torch.load(path, weights_only=False, pickle_module=dill)
+    cfg = dp_cfg(p)
+    mutate(cfg)
+    payload["cfg"] = cfg
+    torch.save(payload, path.open("wb"), pickle_module=dill)
+    return path
+
+
+def test_omegaconf_objects_are_never_built(tmp_path, monkeypatch):
+    """If loading constructed a DictConfig or node, these would raise: it loads anyway."""
+    import omegaconf.base
+    import omegaconf.dictconfig
+
+    path = save_dp_checkpoint(lowdim_dp_policy(num_inference_steps=4), tmp_path / "p.ckpt")
+
+    def boom(self, state):
+        raise AssertionError("an OmegaConf object was built from the checkpoint")
+
+    monkeypatch.setattr(omegaconf.dictconfig.DictConfig, "__setstate__", boom)
+    monkeypatch.setattr(omegaconf.base.Node, "__setstate__", boom, raising=False)
+    q = load_policy(path)
+    assert q.config.transformer.cond_dim > 0  # ${eval:...} still resolved, by us
+
+
+def test_env_interpolation_is_not_resolved(tmp_path, monkeypatch, capsys):
+    """${oc.env:...} in the cfg never copies an environment variable into the policy."""
+    monkeypatch.setenv("BAC_SECRET_TOKEN", "s3cr3t-value")
+
+    def mutate(cfg):
+        cfg.policy["_target_"] = ("diffusion_policy.policy.diffusion_transformer_lowdim_policy."
+                                  "DiffusionTransformerLowdimPolicy${oc.env:BAC_SECRET_TOKEN}")
+
+    ckpt = _ckpt_with_cfg(tmp_path, mutate)
+    out = tmp_path / "out.safetensors"
+    assert main(["convert", str(ckpt), str(out), "--json"]) == 0
+    capsys.readouterr()
+    assert b"s3cr3t-value" not in out.read_bytes()
+    assert "s3cr3t" not in load_policy(out).config.name
+
+
+@pytest.mark.parametrize("expr", ["9**9**9", "'a' * 10**9", "[1] * 10**9", "__import__('os')"])
+def test_eval_bombs_are_refused(tmp_path, expr):
+    def mutate(cfg):
+        cfg.policy["n_action_steps"] = "${eval:\"" + expr + "\"}"
+
+    ckpt = _ckpt_with_cfg(tmp_path, mutate)
+    with pytest.raises(CheckpointError, match="cfg"):
+        load_policy(ckpt)
+
+
+def test_unresolvable_needed_field_names_the_problem(tmp_path):
+    def mutate(cfg):
+        cfg.policy["horizon"] = "${oc.env:HOME}"
+
+    with pytest.raises(CheckpointError, match="malformed|interpolation"):
+        load_policy(_ckpt_with_cfg(tmp_path, mutate))
+
+
+@pytest.mark.parametrize("field, value", [("horizon", 8_000_000), ("n_layer", 100_000),
+                                          ("num_train_timesteps", 1_000_000_000)])
+def test_hostile_sizes_in_safetensors_are_refused(tmp_path, field, value):
+    """Config values that would allocate gigabytes or hang are refused before allocation."""
+    from safetensors.torch import load_file, save_file
+
+    p = make_tiny_policy("lowdim", num_inference_steps=4)
+    path = save_policy(p, tmp_path / "p.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    key = next(k for k in meta if "config" in k)
+    cfg = json.loads(meta[key])
+    for section in (cfg, cfg.get("transformer", {}), cfg.get("scheduler", {})):
+        if field in section:
+            section[field] = value
+    meta[key] = json.dumps(cfg)
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises((CheckpointError, ValueError), match="limit|must|horizon|exceed"):
+        load_policy(path)
