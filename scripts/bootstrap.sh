@@ -48,19 +48,24 @@ fi
 
 # 3. launch / launch_ros / ros2cli / launch_testing from the wheelhouse ----------------------------
 WH_HASH=""
+# Only $BAC_ROS_WHEELHOUSE or the documented location next to the checkout: no machine paths.
 find_wheelhouse() {
-  for d in "${BAC_ROS_WHEELHOUSE:-}" "$ROOT/../shared/ros2-wheelhouse" "/work/shared/ros2-wheelhouse"; do
+  for d in "${BAC_ROS_WHEELHOUSE:-}" "$ROOT/../shared/ros2-wheelhouse"; do
     [[ -n $d && -x $d/install.sh ]] && { cd "$d" && pwd; return 0; }
   done
   return 1
 }
 if ! "$PYBIN" -c 'import launch_ros, ros2cli, launch_testing' 2>/dev/null || \
    ! stage_done wheelhouse "$REQ_HASH"; then
-  WH=$(find_wheelhouse) || die "launch, launch_ros, ros2cli and launch_testing are not on PyPI and
-no wheelhouse was found. Looked in: \$BAC_ROS_WHEELHOUSE (${BAC_ROS_WHEELHOUSE:-unset}),
-$ROOT/../shared/ros2-wheelhouse, /work/shared/ros2-wheelhouse.
-Either install ROS 2 (apt: ros-kilted-desktop or ros-jazzy-desktop) and use the colcon
-path in README.md, or point BAC_ROS_WHEELHOUSE at a ros2-wheelhouse folder."
+  WH=$(find_wheelhouse) || die "no ROS 2 wheelhouse found.
+What it is: a folder of Python wheels (with an install.sh) for launch, launch_ros, ros2cli and
+launch_testing. Why it is needed: those four are not published on PyPI (rclpy and the message
+packages are: ros-kilted-* wheels), and \`ros2 launch\`, the launch tests and \`ros2 run\` need them.
+Looked in: \$BAC_ROS_WHEELHOUSE (${BAC_ROS_WHEELHOUSE:-unset}) and $ROOT/../shared/ros2-wheelhouse.
+Two ways on:
+  1. point BAC_ROS_WHEELHOUSE at a ros2-wheelhouse folder and re-run scripts/bootstrap.sh, or
+  2. install ROS 2 from apt (ros-kilted-desktop or ros-jazzy-desktop) and use the colcon path in
+     README.md (\"On a robot with ROS 2\")."
   log "installing launch/ros2cli/launch_testing from $WH"
   bash "$WH/install.sh" "$VENV" >/dev/null
   mark_done wheelhouse "$REQ_HASH"
