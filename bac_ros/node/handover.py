@@ -69,6 +69,11 @@ class ActionScheduler:
             c = self._chunks[-1]
             return max(0, len(c.actions) - max(0, c.slot(now_s)))
 
+    def time_left_s(self, now_s: float) -> float:
+        """Seconds until the newest chunk has no action left (0 without a chunk)."""
+        end = self.exhausted_at()
+        return 0.0 if end is None else max(0.0, end - now_s)
+
     def exhausted_at(self) -> float | None:
         with self._lock:
             return self._chunks[-1].end_s if self._chunks else None

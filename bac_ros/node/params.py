@@ -30,6 +30,12 @@ class NodeConfig:
     device: str = field(default="cpu", metadata=meta("cpu, cuda or cuda:N", True))
     dtype: str = field(default="float32", metadata=meta(
         "float32, float16 or bfloat16 (autocast on CUDA)", True))
+    torch_threads: int = field(default=0, metadata=meta(
+        "torch intra-op CPU threads (0 = half the cores, at least 1: the executor and the "
+        "control timer need CPU too; torch's default of every core stalls under contention)",
+        True, 0, 1024))
+    torch_interop_threads: int = field(default=1, metadata=meta(
+        "torch inter-op CPU threads", True, 1, 1024))
     warmup_iterations: int = field(default=2, metadata=meta(
         "inferences run at start to warm up the device", True, 0, 100))
     seed: int = field(default=0, metadata=meta(
@@ -67,11 +73,17 @@ class NodeConfig:
         "rate of the command stream", False, 0.5, 1000.0))
     n_execute: int = field(default=0, metadata=meta(
         "actions executed per chunk (0 = the policy's n_action_steps)", False, 0, 1000))
+    replan_mode: str = field(default="latency", metadata=meta(
+        "when to start the next inference: latency (when the time left in the current chunk "
+        "falls below the recent p95 inference latency + replan_margin_ms) or remaining "
+        "(replan_remaining actions left); replan_rate_hz > 0 overrides both"))
+    replan_margin_ms: float = field(default=30.0, metadata=meta(
+        "latency mode: safety margin added to the p95 latency", False, 0.0, 10000.0))
     replan_remaining: int = field(default=2, metadata=meta(
-        "start the next inference when this many actions of the current chunk remain", False,
-        0, 1000))
+        "remaining mode: start the next inference when this many actions of the current chunk "
+        "remain", False, 0, 1000))
     replan_rate_hz: float = field(default=0.0, metadata=meta(
-        "fixed replanning rate instead of the remaining-actions trigger (0 = off)", False,
+        "fixed replanning rate instead of the latency / remaining trigger (0 = off)", False,
         0.0, 1000.0))
     handover: str = field(default="replace", metadata=meta(
         "chunk hand-over: replace, temporal_ensemble or blend"))
@@ -112,6 +124,9 @@ class NodeConfig:
             raise ValueError(f"`dtype` must be float32, float16 or bfloat16. Got {self.dtype!r}.")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"`device` must be cpu, cuda or cuda:N. Got {self.device!r}.")
+        if self.replan_mode not in ("latency", "remaining"):
+            raise ValueError("`replan_mode` must be latency or remaining. Got "
+                             f"{self.replan_mode!r}.")
         if self.handover not in MODES:
             raise ValueError(f"`handover` must be one of {MODES}. Got {self.handover!r}.")
         if self.command_type not in ("joint_state", "float64_multi_array", "none"):
@@ -124,6 +139,12 @@ class NodeConfig:
                              f"({len(self.action_min)} vs {len(self.action_max)}).")
         if any(lo > hi for lo, hi in zip(self.action_min, self.action_max)):
             raise ValueError("`action_min` must be <= `action_max` in every dimension.")
+
+    @property
+    def effective_torch_threads(self) -> int:
+        import os
+
+        return self.torch_threads or max(1, (os.cpu_count() or 2) // 2)
 
     def replace(self, **changes: Any) -> NodeConfig:
         return dataclasses.replace(self, **changes)

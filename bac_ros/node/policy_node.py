@@ -18,6 +18,7 @@ import traceback
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
     FloatingPointRange,
@@ -65,6 +66,7 @@ class PolicyNode(Node):
         self._recent_errors = 0
         self._chunk_id = 0
         self._latencies: collections.deque = collections.deque(maxlen=self.cfg.latency_window)
+        self._warmup_ms: list[float] = []
         self._chunk_times: collections.deque = collections.deque(maxlen=self.cfg.latency_window)
         self._last_trigger_s = -1e9
         self._serving = False  # command stream state, logged on transitions
@@ -191,9 +193,11 @@ class PolicyNode(Node):
         self._check_runtime_constraints(cfg)
         if cfg.warmup_iterations:
             t = time.perf_counter()
-            self.runtime.warmup(cfg.warmup_iterations)
+            self._warmup_ms = self.runtime.warmup(cfg.warmup_iterations)
             log.info(f"warm-up: {cfg.warmup_iterations} inferences in "
-                     f"{1000 * (time.perf_counter() - t):.0f} ms")
+                     f"{1000 * (time.perf_counter() - t):.0f} ms (last "
+                     f"{self._warmup_ms[-1]:.0f} ms); torch threads "
+                     f"{torch.get_num_threads()} intra-op")
         rgb_keys, low_keys = pc.shape_meta.rgb_keys, pc.shape_meta.low_dim_keys
         if len(cfg.image_topics) < len(rgb_keys):
             raise ConfigureError(f"the policy has {len(rgb_keys)} cameras {rgb_keys} but only "
@@ -254,6 +258,7 @@ class PolicyNode(Node):
                                                      self._publish_diagnostics),
                           callback_group=MutuallyExclusiveCallbackGroup())
         self._wake = threading.Event()
+        self._busy = False
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._worker_loop, name="bac_inference",
                                         daemon=True)
@@ -351,6 +356,10 @@ class PolicyNode(Node):
                                    throttle_duration_sec=1.0)
         if self.cfg.replan_rate_hz > 0:
             trigger = now - self._last_trigger_s >= 1.0 / self.cfg.replan_rate_hz
+        elif self._busy:  # the chunk in flight answers this tick's need; re-check after it
+            trigger = False
+        elif self.cfg.replan_mode == "latency":
+            trigger = self.actions.time_left_s(now) <= self.replan_lead_s()
         else:
             trigger = self.actions.remaining(now) <= self.cfg.replan_remaining
         if trigger:
@@ -365,6 +374,7 @@ class PolicyNode(Node):
             self._wake.clear()
             if self._stop.is_set():
                 break
+            self._busy = True
             try:
                 self._infer_once()
             except Exception as exc:  # noqa: BLE001 - report, count, keep serving
@@ -373,6 +383,18 @@ class PolicyNode(Node):
                 self.warning = f"inference failed: {exc!r}"
                 self.get_logger().error(f"inference failed: {exc!r}\n{traceback.format_exc()}")
                 self._publish_latency_warning()
+            finally:
+                self._busy = False
+
+    def replan_lead_s(self) -> float:
+        """Latency mode: how long before the current chunk runs out the next inference must
+        start so that, with latency below about half the chunk, the stream never holds: the
+        p95 of the recent observation-to-chunk latencies (warm-up timings before the first
+        chunk), plus one control period (the trigger is checked once per tick), plus the
+        margin."""
+        lat = self._latencies or self._warmup_ms
+        p95_ms = float(np.percentile(np.asarray(lat), 95)) if lat else 0.0
+        return (p95_ms + self.cfg.replan_margin_ms) / 1000 + 1.0 / self.cfg.control_rate_hz
 
     def _infer_once(self) -> None:
         cfg = self.cfg  # one consistent snapshot per inference

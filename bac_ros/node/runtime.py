@@ -43,6 +43,11 @@ class PolicyRuntime:
         if not cfg.checkpoint:
             raise ConfigureError("parameter `checkpoint` is empty: give a .safetensors policy "
                                  "(or a diffusion_policy .ckpt with allow_pickle_checkpoint).")
+        # Thread counts first: a node shares the CPU with its executor, the control timer and
+        # often a driver stack; torch's default (every core) stalls under contention.
+        torch.set_num_threads(cfg.effective_torch_threads)
+        with contextlib.suppress(RuntimeError):  # only settable before the first parallel op
+            torch.set_num_interop_threads(cfg.torch_interop_threads)
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigureError(f"device {cfg.device!r} requested but CUDA is not available "
@@ -131,9 +136,15 @@ class PolicyRuntime:
         return InferenceResult(actions, 1000 * (t1 - t0), 1000 * (t2 - t1), 1000 * (t3 - t2),
                                p.num_inference_steps, computed, total - computed, use_bac)
 
-    def warmup(self, iterations: int) -> None:
+    def warmup(self, iterations: int) -> list[float]:
+        """Run ``iterations`` inferences; returns each one's milliseconds (the node's first
+        replanning lead comes from them)."""
         from bac_ros.engine.testing import random_obs
 
         obs = random_obs(self.policy)
+        times = []
         for i in range(iterations):
+            t = time.perf_counter()
             self.infer(obs, seed=i, use_bac=True)
+            times.append(1000 * (time.perf_counter() - t))
+        return times

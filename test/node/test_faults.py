@@ -170,3 +170,28 @@ def test_slow_device_overruns_deadline(tiny_files, messages):
         assert node.counters["hold_ticks"] > 0  # gaps are held, not filled with late actions
         assert probe.result.chunks and node.counters["commands"] > 0
         assert node.counters["inference_errors"] == 0
+
+
+def test_latency_aware_replanning_keeps_the_stream_fed(tiny_files, messages):
+    """With 250 ms inference (a third of a chunk), replanning at 2 remaining actions holds the
+    command stream once per chunk; the default latency-aware trigger starts early enough that
+    it does not (issue 14). Same node, same bag, the mode switched live."""
+    from rclpy.parameter import Parameter
+
+    with LiveNode({"checkpoint": tiny_files["checkpoint"], "schedule": tiny_files["schedule"],
+                   "max_obs_age_s": 2.0, "replan_mode": "remaining"}) as live:
+        probe, node = live.probe, live.node
+        node.fault_injector = lambda chunk_id: time.sleep(0.25)
+        probe.replay(_seconds(messages, 0, 1.5))  # first chunks (startup holds not counted)
+        holds = {}
+        for i, mode in enumerate(("remaining", "latency")):
+            assert node.set_parameters([Parameter("replan_mode", value=mode)])[0].successful
+            probe.replay(_seconds(messages, 1.5 + 4 * i, 1.5 + 4 * i + 0.8))  # settle
+            h0, c0 = node.counters["hold_ticks"], node.counters["chunks"]
+            probe.replay(_seconds(messages, 2.3 + 4 * i, 1.5 + 4 * (i + 1)))
+            holds[mode] = (node.counters["hold_ticks"] - h0, node.counters["chunks"] - c0)
+        assert node.replan_lead_s() >= 0.25 + 0.1  # p95 latency + one control period
+    (h_rem, n_rem), (h_lat, n_lat) = holds["remaining"], holds["latency"]
+    assert n_rem >= 3 and n_lat >= 3, holds
+    assert h_rem >= n_rem - 1, holds  # the fixed trigger is late once per chunk
+    assert h_lat <= 1 and h_lat < h_rem, holds
