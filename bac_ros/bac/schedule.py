@@ -69,10 +69,12 @@ class CacheSchedule:
                 raise ScheduleFormatError(
                     f"block {name}: update steps must start with step 0 (the first call "
                     f"computes everything). Got {steps[:5]}.")
-            if any(not isinstance(s, int) or not 0 <= s < self.num_steps for s in steps):
+            bad = [s for s in steps if isinstance(s, bool) or not isinstance(s, int)
+                   or not 0 <= s < self.num_steps]
+            if bad:
                 raise ScheduleFormatError(
                     f"block {name}: update steps must be integers in [0, {self.num_steps - 1}]"
-                    f". Got {[s for s in steps if not 0 <= s < self.num_steps][:5]}.")
+                    f". Got {bad[:5]}.")
             if list(steps) != sorted(set(steps)):
                 raise ScheduleFormatError(f"block {name}: update steps must be sorted and "
                                           "unique.")
@@ -88,8 +90,9 @@ class CacheSchedule:
 
     @property
     def schedule_id(self) -> str:
-        """Short content hash, carried in every ActionChunk."""
-        body = json.dumps([self.fingerprint, self.num_steps, self.update_steps])
+        """Short hash of every field, carried in every ActionChunk. An integrity check (an
+        edited or damaged file is refused), not a signature: anyone can recompute it."""
+        body = json.dumps(asdict(self), sort_keys=True, default=str)
         return hashlib.sha256(body.encode()).hexdigest()[:12]
 
     def table(self) -> list[list[bool]]:

@@ -43,6 +43,9 @@ def register(subparsers) -> None:
     p.add_argument("--demos", default=None,
                    help="demonstrations the calibration histories are replayed from "
                         "(default: data/pusht/demos.npz)")
+    p.add_argument("--n-action-steps", type=int, default=0,
+                   help="actions executed per chunk before re-planning (0 = the policy's own; "
+                        "the node's n_execute)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="build/eval", help="output folder (resumed if present)")
@@ -67,6 +70,14 @@ def run(args) -> int:
                      search_evals=args.search_evals, margin=args.margin,
                      demos=args.demos or str(REPO_DATA / "pusht" / "demos.npz"))
     policy = load_policy(args.checkpoint or REPO_DATA / "policies" / "pusht_lowdim.safetensors")
+    if args.n_action_steps:
+        import dataclasses
+
+        most = policy.config.horizon - policy.config.n_obs_steps + 1
+        if not 1 <= args.n_action_steps <= most:
+            raise SystemExit(f"bac eval: --n-action-steps must be in [1, {most}] (the predicted "
+                             f"actions from the last observation on). Got {args.n_action_steps}.")
+        policy.config = dataclasses.replace(policy.config, n_action_steps=args.n_action_steps)
     rows = evaluate(policy, cfg, args.out, progress=not args.json)
     if args.json:
         print_json(rows)

@@ -230,8 +230,10 @@ class PolicyConfig:
                     f"`obs_low_dim_names[{key!r}]` must name every entry of a low_dim key; "
                     f"got {len(names)} names for {spec}."
                 )
-        if self.control_period_s <= 0:
-            raise ValueError(f"`control_period_s` must be > 0. Got {self.control_period_s}.")
+        if not (isinstance(self.control_period_s, (int, float)) and
+                0 < self.control_period_s < 3600):  # also refuses NaN and inf
+            raise ValueError(f"`control_period_s` must be a finite number of seconds in "
+                             f"(0, 3600). Got {self.control_period_s}.")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

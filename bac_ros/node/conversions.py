@@ -18,7 +18,10 @@ CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 
 def stamp_s(stamp) -> float:
-    """builtin_interfaces/Time -> seconds."""
+    """builtin_interfaces/Time -> seconds; a malformed stamp (nanosec >= 1e9) is refused."""
+    if not 0 <= stamp.nanosec < 1_000_000_000:
+        raise InputError("bad_stamp", f"header stamp nanosec={stamp.nanosec} is outside "
+                         "[0, 1e9): the driver fills builtin_interfaces/Time incorrectly")
     return stamp.sec + stamp.nanosec * 1e-9
 
 

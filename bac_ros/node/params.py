@@ -134,6 +134,13 @@ class NodeConfig:
                              f"Got {self.command_type!r}.")
         if self.limit_mode not in ("clamp", "reject"):
             raise ValueError(f"`limit_mode` must be clamp or reject. Got {self.limit_mode!r}.")
+        import math
+
+        for name in ("action_min", "action_max"):
+            bad = [v for v in getattr(self, name) if not math.isfinite(v)]
+            if bad:
+                raise ValueError(f"`{name}` must be finite numbers (NaN would disable or poison "
+                                 f"the limits). Got {bad[:3]}.")
         if len(self.action_min) != len(self.action_max):
             raise ValueError("`action_min` and `action_max` must have the same length "
                              f"({len(self.action_min)} vs {len(self.action_max)}).")

@@ -289,13 +289,16 @@ def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
                 "sampler": policy.config.scheduler.type, "K": K_used,
                 "first_seed": cfg.first_seed, "max_steps": cfg.max_steps,
                 "batch_episodes": cfg.batch_episodes,
-                "noise_seed": cfg.noise_seed + (1 if floor else 0)}
+                "noise_seed": cfg.noise_seed + (1 if floor else 0),
+                "n_action_steps": policy.config.n_action_steps}
         path = out_dir / "episodes" / f"{slug(name)}.json"
         record = {"meta": meta, "batches": {}}
         if path.exists():
             old = json.loads(path.read_text())
-            if old.get("meta") == meta:
+            # Records written before n_action_steps was recorded used the policy's own (8).
+            if {"n_action_steps": 8, **old.get("meta", {})} == meta:
                 record = old
+                record["meta"] = meta
         cache = None if sched is None else ScheduledBlockCache(sched, policy.model.blocks())
         for j in range(cfg.n_batches):
             seeds = cfg.batch_seeds(j)
