@@ -97,6 +97,9 @@ class NodeConfig:
         "max stamp distance when matching cameras and joint states", False, 0.0, 1.0))
     obs_period_s: float = field(default=0.0, metadata=meta(
         "spacing of the n_obs_steps frames (0 = the policy's control period)", True, 0.0, 10.0))
+    input_timeout_s: float = field(default=2.0, metadata=meta(
+        "/diagnostics warns, naming the topics, when a subscribed topic is silent this long",
+        False, 0.1, 3600.0))
     max_future_stamp_s: float = field(default=0.05, metadata=meta(
         "reject stamps further than this in the future", False, 0.0, 10.0))
     clock_jump_threshold_s: float = field(default=1.0, metadata=meta(

@@ -218,6 +218,14 @@ class PolicyNode(Node):
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE) if cfg.qos_reliable \
             else qos_profile_sensor_data
         self._inputs = MutuallyExclusiveCallbackGroup()
+        # Last arrival (monotonic) per subscribed topic: /diagnostics names silent ones.
+        start = time.monotonic()
+        self._last_input = {self.resolve_topic_name(t): start
+                            for t in list(cfg.image_topics[:len(rgb_keys)]) +
+                            ([cfg.joint_state_topic] if low_keys else [])}
+        self._ever_received: set[str] = set()
+        self._image_topic_of = {k: self.resolve_topic_name(t)
+                                for k, t in zip(rgb_keys, cfg.image_topics)}
         for key, topic in zip(rgb_keys, cfg.image_topics):
             conv = ImageConverter(pc.shape_meta.obs[key].shape[1:], max_bytes=max_bytes)
             msg_type = CompressedImage if cfg.compressed_images else Image
@@ -295,7 +303,19 @@ class PolicyNode(Node):
             self._last_reject_log_s[err.kind] = now
             self.get_logger().warning(f"input rejected ({err.kind}): {err}")
 
+    def _mark_input(self, topic: str) -> None:
+        self._last_input[topic] = time.monotonic()
+        self._ever_received.add(topic)
+
+    def silent_topics(self, now_mono: float | None = None) -> list[str]:
+        """Subscribed topics with no message for input_timeout_s (any message counts, even a
+        rejected one: this is about wiring, not content)."""
+        now_mono = time.monotonic() if now_mono is None else now_mono
+        return sorted(t for t, last in self._last_input.items()
+                      if now_mono - last > self.cfg.input_timeout_s)
+
     def _on_image(self, msg, key: str, conv: ImageConverter) -> None:
+        self._mark_input(self._image_topic_of[key])
         try:
             arr = conv.from_compressed(msg) if isinstance(msg, CompressedImage) else \
                 conv.from_image(msg)
@@ -307,6 +327,7 @@ class PolicyNode(Node):
             self._reject(InputError("internal", f"image callback failed: {exc!r}"))
 
     def _on_joints(self, msg: JointState) -> None:
+        self._mark_input(self.resolve_topic_name(self.cfg.joint_state_topic))
         try:
             values = self.joint_mapper(msg)
             self.buffer.add("joints", stamp_s(msg.header.stamp), values, self._now_s(),
@@ -528,9 +549,18 @@ class PolicyNode(Node):
         recent = {k: c[k] - prev[k] for k in problems if c[k] > prev[k]}
         self._diag_prev = collections.Counter({k: c[k] for k in problems})
         status = DiagnosticStatus(name="bac_ros: policy", hardware_id=self.cfg.device)
+        silent = self.silent_topics()
         if self._recent_errors >= 3:
             status.level = DiagnosticStatus.ERROR
             status.message = f"repeated inference failures: {self.warning}"
+        elif silent:
+            never = [t for t in silent if t not in self._ever_received]
+            status.level = DiagnosticStatus.WARN
+            status.message = (
+                f"no input for more than input_timeout_s={self.cfg.input_timeout_s} s on "
+                f"{silent}" + (f" (never received: {never}; check the topic names / remaps "
+                               "and that the drivers publish)" if never else "") +
+                (f"; {self.warning} (last second: {recent})" if recent else ""))
         elif recent:
             status.level = DiagnosticStatus.WARN
             status.message = f"{self.warning} (last second: {recent})"

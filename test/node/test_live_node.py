@@ -308,3 +308,20 @@ def test_silent_camera_is_named_and_nothing_is_published(tiny_files):
         assert live.probe.result.chunks == []
         assert any("camera:image" in m.warning for m in live.probe.result.latencies)
         assert any("camera:image" in d.message for d in diags if d.level == DiagnosticStatus.WARN)
+
+
+def test_nothing_arriving_is_named_on_diagnostics(tiny_files):
+    """A node subscribed to a topic nobody publishes (a wrong name) says so on /diagnostics
+    after input_timeout_s, naming the topic, instead of reporting OK forever (issue 14)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    with LiveNode({"checkpoint": tiny_files["checkpoint"], "input_timeout_s": 0.5,
+                   "image_topics": ["/camera/wrong_name"]}) as live:
+        diags = []
+        live.probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.extend(
+            s for s in m.status if s.name == "bac_ros: policy"), 10)
+        assert _wait(lambda: any(d.level == DiagnosticStatus.WARN and "/camera/wrong_name" in
+                                 d.message for d in diags), 6)
+        msg = next(d.message for d in diags if "/camera/wrong_name" in d.message)
+        assert "never received" in msg and "/joint_states" in msg
+        assert live.node.silent_topics() == ["/camera/wrong_name", "/joint_states"]
