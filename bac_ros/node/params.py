@@ -43,7 +43,9 @@ class NodeConfig:
         0, 2**31 - 1))
     # -- BAC --------------------------------------------------------------------------------
     schedule: str = field(default="", metadata=meta(
-        "BAC cache schedule file from `bac calibrate` ('' = full compute)", True))
+        "BAC cache schedule file from `bac calibrate` ('' = full compute); settable at runtime: "
+        "validated against the running policy (fingerprint, sampler, K) and swapped between "
+        "chunks, or refused with the reason while the old one keeps serving"))
     bac_enabled: bool = field(default=True, metadata=meta(
         "use the BAC schedule (switchable at runtime)", ros_name="bac.enabled"))
     bac_allow_fingerprint_mismatch: bool = field(default=False, metadata=meta(

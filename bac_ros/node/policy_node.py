@@ -144,16 +144,36 @@ class PolicyNode(Node):
                     and not isinstance(value, bool):
                 value = float(value)
             changes[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+        staged = None
         try:
             cand = self.cfg.replace(**changes)
             self._check_runtime_constraints(cand)
+            if "schedule" in changes and getattr(self, "runtime", None) is not None:
+                staged = self._stage_schedule(cand)
         except (ValueError, TypeError) as exc:
             self.counters["rejected_parameters"] += 1
             self.get_logger().warning(f"parameter change rejected: {exc}")
             return SetParametersResult(successful=False, reason=str(exc))
         self.cfg = cand
         self._apply_live(cand, changes)
+        if staged is not None:
+            self.runtime.swap_schedule(staged)
+            self.counters["schedule_swaps"] += 1
+            sid = staged[0].schedule_id if staged[0] else "off (full compute)"
+            self.get_logger().info(f"schedule hot-swapped: {sid} from {cand.schedule!r} "
+                                   "(takes effect from the next chunk)")
         return SetParametersResult(successful=True)
+
+    def _stage_schedule(self, cand: NodeConfig):
+        """Validate a new schedule against the running policy; the old one keeps serving if
+        this raises. Its K and sampler must be the running ones (no re-warm-up mid-run)."""
+        from bac_ros.bac.schedule import ScheduleError
+
+        try:
+            return self.runtime.load_candidate(cand.schedule)
+        except ScheduleError as exc:
+            raise ValueError(f"schedule not swapped, the active one keeps serving: "
+                             f"{str(exc)[:500]}") from exc
 
     def _apply_live(self, cand: NodeConfig, changes: dict) -> None:
         """Push accepted runtime changes into the helpers that cached the old values."""
@@ -487,7 +507,7 @@ class PolicyNode(Node):
         msg = ActionChunk(action_names=self.action_names, action_period_s=dt,
                           horizon=len(res.actions), action_dim=res.actions.shape[1],
                           n_execute=n_exec, chunk_id=chunk_id,
-                          schedule_id=self.runtime.schedule.schedule_id if res.bac_used else "")
+                          schedule_id=res.schedule_id)
         msg.header.stamp = to_stamp(hist.stamp_s)
         msg.header.frame_id = pc.name
         msg.first_action_time = to_stamp(hist.stamp_s)
@@ -571,7 +591,8 @@ class PolicyNode(Node):
         values = dict(c)
         values.update(total_p50_ms=round(lat.total_p50_ms, 3), total_p99_ms=round(
             lat.total_p99_ms, 3), achieved_rate_hz=round(lat.achieved_rate_hz, 3),
-            bac_enabled=self.cfg.bac_enabled and self.runtime.schedule is not None)
+            bac_enabled=self.cfg.bac_enabled and self.runtime.schedule is not None,
+            schedule_id=self.runtime.schedule.schedule_id if self.runtime.schedule else "")
         status.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(values.items())]
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()

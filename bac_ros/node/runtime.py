@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ class InferenceResult:
     blocks_computed: int
     blocks_reused: int
     bac_used: bool
+    schedule_id: str = ""  # the schedule this chunk ran with ("" = full compute)
 
 
 class PolicyRuntime:
@@ -77,6 +79,23 @@ class PolicyRuntime:
                                          "instead)") from exc
                 log(f"BAC disabled, running full compute: {exc}")
         self.n_blocks = len(self.policy.model.blocks())
+        self._allow_mismatch = cfg.bac_allow_fingerprint_mismatch
+        self._swap_lock = threading.Lock()
+
+    def load_candidate(self, path: str) -> tuple[CacheSchedule | None, ScheduledBlockCache | None]:
+        """Validate a schedule file against the running policy (fingerprint, sampler, K,
+        blocks) without touching the active one. '' = full compute. Raises ScheduleError."""
+        if not path:
+            return None, None
+        sched = load_schedule(path, policy=self.policy, allow_mismatch=self._allow_mismatch)
+        return sched, ScheduledBlockCache(sched, self.policy.model.blocks())
+
+    def swap_schedule(self, candidate) -> None:
+        """Make a validated candidate active. The chunk in flight keeps the schedule it started
+        with (``infer`` takes both under this lock once per chunk): the swap lands between
+        chunks."""
+        with self._swap_lock:
+            self.schedule, self.cache = candidate
 
     @property
     def config(self):
@@ -102,8 +121,10 @@ class PolicyRuntime:
         """One chunk. Noise comes from ``seed``, exactly as ``policy.predict(obs, generator=
         torch.Generator().manual_seed(seed))`` draws it, so results are reproducible offline."""
         p = self.policy
-        use_bac = use_bac and self.bac_available(p.num_inference_steps)
-        cache = self.cache if use_bac else None
+        with self._swap_lock:  # one consistent (schedule, cache) per chunk
+            schedule, cache = self.schedule, self.cache
+        use_bac = use_bac and schedule is not None and schedule.num_steps == p.num_inference_steps
+        cache = cache if use_bac else None
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
         with self._autocast():
@@ -134,7 +155,8 @@ class PolicyRuntime:
         total = self.n_blocks * p.num_inference_steps
         computed = cache.computed_count if cache is not None else total
         return InferenceResult(actions, 1000 * (t1 - t0), 1000 * (t2 - t1), 1000 * (t3 - t2),
-                               p.num_inference_steps, computed, total - computed, use_bac)
+                               p.num_inference_steps, computed, total - computed, use_bac,
+                               schedule.schedule_id if use_bac else "")
 
     def warmup(self, iterations: int) -> list[float]:
         """Run ``iterations`` inferences; returns each one's milliseconds (the node's first

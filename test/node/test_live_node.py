@@ -325,3 +325,40 @@ def test_nothing_arriving_is_named_on_diagnostics(tiny_files):
         msg = next(d.message for d in diags if "/camera/wrong_name" in d.message)
         assert "never received" in msg and "/joint_states" in msg
         assert live.node.silent_topics() == ["/camera/wrong_name", "/joint_states"]
+
+
+def test_schedule_hot_swap(tiny_files, messages):
+    """`ros2 param set /bac_policy schedule NEW.yaml`: a valid schedule swaps between chunks
+    (later chunks carry its id, no inference error, the control timer keeps ticking); one made
+    for another checkpoint is refused with the reason and the active one keeps serving."""
+    from bac_ros.bac.baselines import build_schedule
+    from bac_ros.bac.schedule import save_schedule
+
+    p = tiny_files["policy"]
+    new = build_schedule("uniform", p.model.blocks(), 10, 7, p.fingerprint, "ddim")
+    new_path = save_schedule(new, tiny_files["dir"] / "swap_new.yaml")
+    other = save_schedule(build_schedule("uniform", p.model.blocks(), 10, 4, "0123456789abcdef",
+                                         "ddim"), tiny_files["dir"] / "swap_other.yaml")
+    with LiveNode({"checkpoint": tiny_files["checkpoint"],
+                   "schedule": tiny_files["schedule"]}) as live:
+        node = live.node
+        live.probe.replay(messages[: len(messages) // 3])
+        old_id = tiny_files["sched"].schedule_id
+        assert live.probe.result.chunks[-1][1].schedule_id == old_id
+        r = node.set_parameters([Parameter("schedule", value=str(new_path))])[0]
+        assert r.successful, r.reason
+        n_before = len(live.probe.result.chunks)
+        live.probe.replay(messages[len(messages) // 3: 2 * len(messages) // 3])
+        after = [m.schedule_id for _, m in live.probe.result.chunks[n_before + 1:]]
+        assert after and set(after) == {new.schedule_id}
+        bad = node.set_parameters([Parameter("schedule", value=str(other))])[0]
+        assert not bad.successful and "keeps serving" in bad.reason and "model" in bad.reason
+        missing = node.set_parameters([Parameter("schedule", value="/nonexistent.yaml")])[0]
+        assert not missing.successful and "does not exist" in missing.reason
+        n_mid = len(live.probe.result.chunks)
+        live.probe.replay(messages[2 * len(messages) // 3:])
+        later = [m.schedule_id for _, m in live.probe.result.chunks[n_mid + 1:]]
+        assert later and set(later) == {new.schedule_id}
+        assert node.counters["schedule_swaps"] == 1
+        assert node.counters["inference_errors"] == 0 and node.counters["control_ticks"] > 0
+        assert node.get_parameter("schedule").value == str(new_path)
