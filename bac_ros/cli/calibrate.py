@@ -129,6 +129,11 @@ def run(args) -> int:
 
     from bac_ros.bac.calibrate import CalibrationConfig, calibrate, format_table
 
+    from bac_ros.cli.common import bundled_policy
+    from bac_ros.io_utils import refuse_overwrite
+
+    refuse_overwrite(args.out, args.checkpoint or bundled_policy()[0], args.source,
+                     args.heldout)
     policy = load_policy_from_args(args)
     budget, closed = args.budget, None
     if args.max_coverage_drop is not None:

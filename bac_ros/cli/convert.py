@@ -22,6 +22,9 @@ def run(args) -> int:
     from bac_ros.cli.common import print_json
     from bac_ros.engine.checkpoint import load_policy, save_policy
 
+    from bac_ros.io_utils import refuse_overwrite
+
+    refuse_overwrite(args.output, args.input)
     policy = load_policy(args.input, allow_pickle=args.allow_pickle)
     out = save_policy(policy, args.output, fp16=args.fp16)
     info = {"input": args.input, "output": str(out), "fingerprint": policy.fingerprint,

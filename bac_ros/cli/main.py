@@ -25,13 +25,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# User errors: a missing or unreadable file, a directory where a file belongs, a bad value,
+# a file that fails validation (CheckpointError, ScheduleError and friends are ValueErrors).
+USER_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+               FileExistsError, ValueError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    parser.add_argument("--debug", action="store_true",
+                        help="show Python tracebacks for user errors")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        msg = " ".join(str(exc).split())  # one line
+        if len(msg) > 2000:
+            msg = msg[:2000] + " ..."
+        print(f"bac {args.command}: error: {msg or type(exc).__name__} "
+              "(--debug for a traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

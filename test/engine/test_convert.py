@@ -43,6 +43,36 @@ def test_convert_bad_input_names_the_file(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(ckpt.read_bytes()[:4096])
     out = tmp_path / "out.safetensors"
-    with pytest.raises(CheckpointError, match="bad.ckpt"):
-        main(["convert", str(bad), str(out)])
+    assert main(["convert", str(bad), str(out)]) == 2  # one line, no traceback
     assert not out.exists()
+    with pytest.raises(CheckpointError, match="bad.ckpt"):
+        main(["--debug", "convert", str(bad), str(out)])
+    assert not out.exists()
+
+
+def test_cli_never_overwrites_its_input_and_keeps_modes(tmp_path, capsys):
+    """Issue 17, class 2: `bac convert a a`, `bac convert a a --fp16` and `bac calibrate P
+    --out P` refuse (exit 2, one line, input untouched); an existing output keeps its mode."""
+    import os
+
+    ckpt = save_dp_checkpoint(lowdim_dp_policy(num_inference_steps=5), tmp_path / "in.ckpt")
+    before = ckpt.read_bytes()
+    assert main(["convert", str(ckpt), str(ckpt)]) == 2
+    out = tmp_path / "p.safetensors"
+    assert main(["convert", str(ckpt), str(out)]) == 0
+    st = out.read_bytes()
+    assert main(["convert", str(out), str(out), "--fp16"]) == 2
+    assert main(["calibrate", str(out), "--out", str(out), "--no-plots"]) == 2
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(out)
+    assert main(["convert", str(out), str(link)]) == 2
+    assert ckpt.read_bytes() == before and out.read_bytes() == st
+    err = capsys.readouterr().err
+    assert err.count("refusing to overwrite") == 4 and "Traceback" not in err
+    os.chmod(out, 0o600)
+    assert main(["convert", str(ckpt), str(out)]) == 0
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert main(["convert", str(tmp_path / "missing.ckpt"), str(tmp_path / "x.safetensors")]) == 2
+    assert main(["convert", str(ckpt), str(tmp_path)]) == 2  # a directory as output
+    err = capsys.readouterr().err
+    assert "missing.ckpt" in err and "Traceback" not in err
