@@ -128,7 +128,6 @@ def run(args) -> int:
     import shutil
 
     from bac_ros.bac.calibrate import CalibrationConfig, calibrate, format_table
-
     from bac_ros.cli.common import bundled_policy
     from bac_ros.io_utils import refuse_overwrite
 

@@ -21,7 +21,6 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from bac_ros.cli.common import print_json
     from bac_ros.engine.checkpoint import load_policy, save_policy
-
     from bac_ros.io_utils import refuse_overwrite
 
     refuse_overwrite(args.output, args.input)
