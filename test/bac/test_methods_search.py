@@ -92,3 +92,13 @@ def test_search_refuses_a_start_over_budget(tiny):
     with pytest.raises(ValueError, match="budget"):
         search_schedule(start, blocks, objective, per_block, SearchConfig(budget=3),
                         progress=False)
+
+
+def test_unpaired_difference():
+    from bac_ros.stats import unpaired_difference
+
+    a, b = np.array([0.5, 0.7, 0.6]), np.array([0.4, 0.5, 0.6, 0.5])
+    r = unpaired_difference(a, b, margin=0.03)
+    assert r["mean"] == pytest.approx(0.6 - 0.5) and r["n"] == 3 and r["n_reference"] == 4
+    assert r["se"] == pytest.approx(np.sqrt(a.var(ddof=1) / 3 + b.var(ddof=1) / 4))
+    assert r["ci95"][0] < 0.1 < r["ci95"][1]
