@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("convert", "calibrate", "bench", "eval", "train", "replay", "soak")
+SUBCOMMANDS = ("convert", "calibrate", "bench", "eval", "train", "replay", "play", "soak")
 
 
 def build_parser() -> argparse.ArgumentParser:

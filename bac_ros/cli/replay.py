@@ -9,8 +9,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "replay", help="replay a bag through the policy node; print a latency report",
         description="Start the policy node in this process, publish the bag's camera and "
-                    "joint-state messages on real topics at their recorded rate (re-stamped "
-                    "onto the current clock), and report what the node did: chunks, latency "
+                    "joint-state messages on real topics at their recorded rate (header stamps as "
+                    "recorded, shifted by one constant to now), and report what the node did: chunks, latency "
                     "p50/p95/p99, achieved rates. --compare-full runs it again without BAC.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("bag", nargs="?", default=None,
@@ -56,9 +56,10 @@ def run(args) -> int:
     if "full" in report and "bac" in report and report["bac"]["denoise_ms_p50"]:
         report["denoise_speedup_bac_vs_full"] = (report["full"]["denoise_ms_p50"]
                                                  / report["bac"]["denoise_ms_p50"])
+    no_chunks = [name for name, r in runs.items() if not r.chunks]
     if args.json:
         print_json(report)
-        return 0
+        return 1 if no_chunks else 0
     for name, s in report.items():
         if not isinstance(s, dict):
             continue
@@ -67,6 +68,8 @@ def run(args) -> int:
               f"latency obs->chunk p50 {s['total_ms_p50']:.1f} ms, p95 {s['total_ms_p95']:.1f},"
               f" p99 {s['total_ms_p99']:.1f}; denoise p50 {s['denoise_ms_p50']:.1f} ms; "
               f"blocks computed {100 * s['blocks_computed_frac']:.0f}%")
+        if s["rejections"]:
+            print(f"    node rejections / skips: {s['rejections']}")
         if s["warnings"]:
             print("    node warnings (stale ones after the bag ends are expected: the node "
                   "refuses to act on old observations):")
@@ -75,4 +78,10 @@ def run(args) -> int:
     if "denoise_speedup_bac_vs_full" in report:
         print(f"BAC denoise speedup vs full (same run, same bag): "
               f"{report['denoise_speedup_bac_vs_full']:.2f}x")
+    if no_chunks:
+        import sys
+
+        print(f"bac replay: the node produced no action chunk in {no_chunks} (wrong topics? "
+              "see --remap, the warnings and rejections above)", file=sys.stderr)
+        return 1
     return 0

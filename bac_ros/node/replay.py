@@ -1,8 +1,10 @@
 """Replay a rosbag2 file through a running policy node over real topics and measure it.
 
 Used by `bac replay`, the README demo and the node tests. The bag's CDR bytes are
-deserialized with rclpy, re-stamped onto the current clock (keeping the bag's relative
-timing; a bag's original stamps would all be stale), and published at the bag's rate.
+deserialized with rclpy and published at the bag's rate. Header stamps are kept as recorded,
+shifted by one constant so that they are current (a bag's original stamps would all be
+stale): out-of-order or duplicate stamps and camera/joint skew reach the node as recorded,
+so its own checks run on them. ``restamp="log"`` re-stamps with the bag's log time instead.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class ReplayResult:
     commands: list = field(default_factory=list)  # (receive_monotonic_s, msg)
     published: int = 0
     duration_s: float = 0.0
+    counters: dict = field(default_factory=dict)  # the node's counters at the end
 
     def summary(self) -> dict:
         ok = [m for m in self.latencies if not m.warning]
@@ -89,6 +92,10 @@ class ReplayResult:
             "blocks_computed_frac": float(np.mean([m.blocks_computed / max(1, m.blocks_computed
                                                    + m.blocks_reused) for m in ok]))
             if ok else float("nan"),
+            "rejections": {k: v for k, v in sorted(self.counters.items())
+                           if v and (k.startswith("rejected") or k in (
+                               "stale_skips", "unsynced_observation", "deadline_misses",
+                               "inference_errors", "clock_jumps"))},
         }
 
 
@@ -132,43 +139,86 @@ class Probe(Node):
                 msg_cls, topic, qos_profile_sensor_data)
         return self.publishers_by_topic[topic]
 
-    def replay(self, messages, rate: float = 1.0, restamp: bool = True,
-               stop: threading.Event | None = None, mutate=None) -> int:
-        """Publish bag messages in real time (``rate`` x). ``mutate(msg)`` may edit a message,
-        drop it (None) or return a list of messages to publish in its place."""
-        classes = {}
-        new = False
-        for _, topic, msgtype, _ in messages:
-            if topic not in classes:
-                classes[topic] = _msg_class(msgtype)
-                new |= topic not in self.publishers_by_topic
-                self.publisher(topic, classes[topic])
-        if new:
-            time.sleep(1.0)  # DDS discovery of the new publishers
-        from rclpy.serialization import deserialize_message
+    def replay(self, messages, rate: float = 1.0, restamp: str | bool = "shift",
+               stop: threading.Event | None = None, mutate=None, clock_pub=None) -> int:
+        """Publish bag messages in real time (``rate`` x). ``restamp``: "shift" (header stamps
+        as recorded, shifted by one constant to now; True means this), "log" (the bag's log
+        time), or False (as recorded, e.g. with ``clock_pub`` publishing the bag's /clock).
+        ``mutate(msg)`` may edit a message, drop it (None) or return a list of messages to
+        publish in its place."""
+        return publish_messages(self, self.publishers_by_topic, messages, rate, restamp, stop,
+                                mutate, clock_pub)
 
-        t_bag0 = messages[0][0]
-        wall0 = time.monotonic()
-        ros0 = self.get_clock().now().nanoseconds
-        n = 0
-        for t_ns, topic, _, raw in messages:
-            if stop is not None and stop.is_set():
+
+def publish_messages(node, publishers: dict, messages, rate: float = 1.0,
+                     restamp: str | bool = "shift", stop: threading.Event | None = None,
+                     mutate=None, clock_pub=None) -> int:
+    """The publishing loop behind ``Probe.replay`` and ``bac play``."""
+    if restamp is True:
+        restamp = "shift"
+    if restamp not in ("shift", "log", False):
+        raise ValueError(f"restamp must be 'shift', 'log' or False. Got {restamp!r}.")
+    if not rate > 0:
+        raise ValueError(f"rate must be > 0. Got {rate}.")
+    classes = {}
+    new = False
+    for _, topic, msgtype, _ in messages:
+        if topic not in classes:
+            classes[topic] = _msg_class(msgtype)
+            new |= topic not in publishers
+            if topic not in publishers:
+                publishers[topic] = node.create_publisher(classes[topic], topic,
+                                                          qos_profile_sensor_data)
+    if new:
+        time.sleep(1.0)  # DDS discovery of the new publishers
+    from rclpy.serialization import deserialize_message
+
+    t_bag0 = messages[0][0]
+    wall0 = time.monotonic()
+    ros0 = node.get_clock().now().nanoseconds
+    first_header: tuple[int, int] | None = None  # (header ns, log ns) of the first stamped msg
+    n = 0
+    next_clock = 0.0
+    for t_ns, topic, _, raw in messages:
+        if stop is not None and stop.is_set():
+            break
+        target = wall0 + (t_ns - t_bag0) * 1e-9 / rate
+        while True:
+            now = time.monotonic()
+            if clock_pub is not None and now >= next_clock:  # /clock at 100 Hz, bag time
+                _publish_clock(clock_pub, t_bag0 + int((now - wall0) * rate * 1e9))
+                next_clock = now + 0.01
+            delay = target - now
+            if delay <= 0:
                 break
-            target = wall0 + (t_ns - t_bag0) * 1e-9 / rate
-            delay = target - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            msg = deserialize_message(raw, classes[topic])
-            if restamp and hasattr(msg, "header"):
+            time.sleep(min(delay, 0.01) if clock_pub is not None else delay)
+        msg = deserialize_message(raw, classes[topic])
+        if restamp and hasattr(msg, "header"):
+            if restamp == "log":
                 ns = ros0 + int((t_ns - t_bag0) / rate)
-                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
-            out = [msg] if mutate is None else mutate(msg)
-            if out is None:
-                continue
-            for m in out if isinstance(out, list) else [out]:
-                self.publishers_by_topic[topic].publish(m)
-                n += 1
-        return n
+            else:
+                h = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                if first_header is None:
+                    first_header = (h, t_ns)
+                ns = ros0 + int((first_header[1] - t_bag0) / rate) + \
+                    int((h - first_header[0]) / rate)
+            ns = max(ns, 0)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+        out = [msg] if mutate is None else mutate(msg)
+        if out is None:
+            continue
+        for m in out if isinstance(out, list) else [out]:
+            publishers[topic].publish(m)
+            n += 1
+    return n
+
+
+def _publish_clock(pub, ns: int) -> None:
+    from rosgraph_msgs.msg import Clock
+
+    c = Clock()
+    c.clock.sec, c.clock.nanosec = divmod(int(ns), 1_000_000_000)
+    pub.publish(c)
 
 
 class LiveNode:
@@ -220,4 +270,5 @@ def run_replay(bag: str | Path, parameters: dict, topics: dict[str, str] | None 
         live.probe.result.published = live.probe.replay(messages, rate=rate)
         time.sleep(tail_s)
         live.probe.result.duration_s = time.monotonic() - t0 - 1.0
+        live.probe.result.counters = dict(live.node.counters)
         return live.probe.result
