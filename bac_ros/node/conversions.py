@@ -84,6 +84,14 @@ class ImageConverter:
     def from_compressed(self, msg) -> np.ndarray:
         self._check_size(len(msg.data))
         buf = as_uint8(msg.data)
+        codec = compressed_codec(msg.format)
+        w, h = compressed_dimensions(buf, codec, msg.format)
+        # Decoded size from the header, before decoding: a 631-byte JPEG may declare
+        # 20000x20000 pixels (1.2 GB decoded); PNG bombs likewise.
+        if w * h * 3 > self.max_bytes:
+            raise InputError("too_large", f"compressed image declares {w}x{h} pixels "
+                             f"({w * h * 3 / 2**20:.0f} MB decoded), above max_message_mb="
+                             f"{self.max_bytes / 2**20:g}; not decoded")
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
         if bgr is None:
             raise InputError("bad_image", f"compressed image ({msg.format!r}, {buf.size} bytes)"
@@ -100,6 +108,60 @@ class ImageConverter:
             interp = cv2.INTER_AREA if h > oh else cv2.INTER_LINEAR
             rgb = cv2.resize(np.ascontiguousarray(rgb), (ow, oh), interpolation=interp)
         return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+_COLOUR = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+
+
+def compressed_codec(fmt: str) -> str:
+    """'jpeg' or 'png' from sensor_msgs/CompressedImage.format, for colour images only.
+
+    image_transport writes e.g. "jpeg", "rgb8; jpeg compressed bgr8", "bgr8; png compressed
+    bgr8", and "16UC1; png compressed" for depth: a depth image must not be read as colour,
+    and no other decoder is reachable from a message."""
+    f = str(fmt).strip().lower()
+    head, _, tail = f.partition(";")
+    if tail and head.strip() not in _COLOUR:
+        raise InputError("bad_encoding", f"compressed image format {fmt[:80]!r}: source "
+                         f"encoding {head.strip()!r} is not a colour image ({_COLOUR})")
+    codec = tail or head
+    if "jpeg" in codec or "jpg" in codec:
+        return "jpeg"
+    if "png" in codec:
+        return "png"
+    raise InputError("bad_encoding", f"compressed image format {fmt[:80]!r} is not jpeg or "
+                     "png (the formats image_transport's compressed plugin writes)")
+
+
+def compressed_dimensions(buf: np.ndarray, codec: str, fmt: str) -> tuple[int, int]:
+    """(width, height) from a JPEG SOF or PNG IHDR header, without decoding."""
+    b = buf.tobytes()
+    if codec == "png":
+        if len(b) < 24 or b[:8] != b"\x89PNG\r\n\x1a\n" or b[12:16] != b"IHDR":
+            raise InputError("bad_image", f"compressed image says {fmt[:40]!r} but is not a "
+                             "PNG (no PNG signature / IHDR)")
+        return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
+    if len(b) < 4 or b[:2] != b"\xff\xd8":
+        raise InputError("bad_image", f"compressed image says {fmt[:40]!r} but is not a JPEG "
+                         "(no SOI marker)")
+    i = 2
+    while i + 4 <= len(b):
+        if b[i] != 0xFF:
+            i += 1
+            continue
+        marker = b[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        seg = int.from_bytes(b[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > len(b):
+                break
+            return int.from_bytes(b[i + 7:i + 9], "big"), int.from_bytes(b[i + 5:i + 7], "big")
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        i += 2 + seg
+    raise InputError("bad_image", "JPEG without a frame header (SOF): not decoded")
 
 
 def as_uint8(data) -> np.ndarray:

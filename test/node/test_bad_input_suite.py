@@ -96,6 +96,18 @@ def _garbage_compressed(n: int) -> Callable:
     return mutate
 
 
+def _declare_huge_png(m: CompressedImage):
+    b = bytearray(bytes(m.data))
+    b[16:24] = (20000).to_bytes(4, "big") * 2  # IHDR width, height
+    m.data = array.array("B", bytes(b[:600]))
+    return m
+
+
+def _depth_format(m: CompressedImage):
+    m.format = "16UC1; png compressed"
+    return m
+
+
 def _truncate_compressed(m: CompressedImage):
     m.data = array.array("B", bytes(m.data)[: len(m.data) // 2])
     return m
@@ -202,10 +214,15 @@ CASES = [
     Case("predicted_actions_nan", "rejected_chunks", "predicted actions contain NaN",
          fault="nan_weights"),
     # -- compressed camera (sensor_msgs/CompressedImage) -----------------------------------------
-    Case("compressed_garbage", "rejected.bad_image", "failed to decode", COMPRESSED_TOPIC,
+    Case("compressed_garbage", "rejected.bad_image", "is not a PNG", COMPRESSED_TOPIC,
          _garbage_compressed(5000), node="compressed"),
-    Case("compressed_empty", "rejected.bad_image", "failed to decode", COMPRESSED_TOPIC,
+    Case("compressed_empty", "rejected.bad_image", "is not a PNG", COMPRESSED_TOPIC,
          _garbage_compressed(0), node="compressed"),
+    # a few hundred bytes that declare 20000x20000 pixels: refused from the header, not decoded
+    Case("compressed_png_bomb", "rejected.too_large", "not decoded", COMPRESSED_TOPIC,
+         _declare_huge_png, node="compressed"),
+    Case("compressed_depth_format", "rejected.bad_encoding", "not a colour image",
+         COMPRESSED_TOPIC, _depth_format, node="compressed"),
     Case("compressed_truncated_png", "rejected.bad_image", "failed to decode", COMPRESSED_TOPIC,
          _truncate_compressed, node="compressed"),
     Case("compressed_huge", "rejected.too_large", "exceeds max_message_mb", COMPRESSED_TOPIC,

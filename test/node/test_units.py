@@ -63,8 +63,13 @@ def test_resize_and_compressed():
     ok, jpg = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))
     assert conv.from_compressed(CompressedImage(format="jpeg",
                                                 data=array.array("B", jpg.tobytes()))).shape == (3, 4, 4)
-    with pytest.raises(InputError, match="decode"):
+    with pytest.raises(InputError, match="not a JPEG"):
         conv.from_compressed(CompressedImage(format="jpeg", data=array.array("B", b"xx")))
+    with pytest.raises(InputError, match="decode"):  # valid header, truncated body
+        conv.from_compressed(CompressedImage(format="jpeg",
+                                             data=array.array("B", jpg.tobytes()[:200])))
+    with pytest.raises(InputError, match="not jpeg or png"):
+        conv.from_compressed(CompressedImage(format="tiff", data=array.array("B", jpg.tobytes())))
 
 
 def test_joint_mapping_by_name():
