@@ -256,6 +256,26 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)
 
 
+def _saved_schedule(policy, cfg: EvalConfig, spec: MethodSpec, path: Path):
+    """The schedule a previous run of this method saved, when it was built from the same
+    policy, sampler, K and calibration settings (a resumed run then skips recalibration and,
+    for ``search``, the search itself; both are deterministic, so the result is the same)."""
+    from bac_ros.bac.schedule import ScheduleError
+
+    if spec.method in ("full", "file") or not path.exists():
+        return None
+    try:
+        sched = load_schedule(path, policy=policy)
+    except ScheduleError:
+        return None
+    cal = sched.calibration
+    same = (sched.method == spec.method and sched.budget == spec.budget
+            and sched.force_last_step == spec.force_last_step
+            and (spec.method == "uniform" or (cal.get("observations") == cfg.calib_observations
+                                              and cal.get("seeds") == list(cfg.calib_seeds))))
+    return sched if same else None
+
+
 def _flops_ratio_vs_full(policy, spec: MethodSpec, sched: CacheSchedule | None,
                          full_steps: int) -> float:
     per_block, fixed = model_flops(policy.model)
@@ -276,7 +296,9 @@ def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
     try:
         if spec.sampler is not None:
             policy.set_scheduler(spec.sampler, spec.num_steps)
-        sched = factory.build(spec)
+        sched = _saved_schedule(policy, cfg, spec, out_dir / "schedules" / f"{slug(name)}.yaml")
+        if sched is None:
+            sched = factory.build(spec)
         K_used = policy.num_inference_steps
         ratio = _flops_ratio_vs_full(policy, spec, sched, own[1])
         n_blocks = len(policy.model.blocks())
