@@ -55,6 +55,9 @@ class CacheSchedule:
         self.validate()
 
     def validate(self) -> None:
+        if self.scheduler_type not in ("ddpm", "ddim"):
+            raise ScheduleFormatError(f"scheduler_type must be ddpm or ddim. Got "
+                                      f"{str(self.scheduler_type)[:40]!r}.")
         if self.method not in METHODS:
             raise ScheduleFormatError(f"schedule method must be one of {METHODS}. "
                                       f"Got {self.method!r}.")
@@ -173,6 +176,19 @@ class CacheSchedule:
         return sched
 
 
+MAX_SCHEDULE_BYTES = 2 * 2**20  # a 1000-step schedule of 1000 blocks is ~4 MB; ours are KB
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors/aliases: schedules never use them, and alias chains expand
+    exponentially while being built (a few hundred bytes that hang the node)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+            raise yaml.YAMLError("YAML anchors/aliases are not allowed in a schedule file")
+        return super().compose_node(parent, index)
+
+
 def save_schedule(schedule: CacheSchedule, path: str | Path) -> Path:
     """Write YAML atomically (never half-written). Step lists stay on one line."""
     d = schedule.to_dict()
@@ -189,10 +205,15 @@ def load_schedule(path: str | Path, policy=None, allow_mismatch: bool = False) -
     if not path.is_file():
         raise ScheduleError(f"schedule file {path} does not exist; create it with "
                             "`bac calibrate` or disable BAC.")
+    size = path.stat().st_size
+    if size > MAX_SCHEDULE_BYTES:
+        raise ScheduleFormatError(f"{path}: {size} bytes, larger than any schedule bac_ros "
+                                  f"writes (limit {MAX_SCHEDULE_BYTES}); refusing to parse it.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_bytes()[:MAX_SCHEDULE_BYTES].decode("utf-8"),
+                         Loader=_NoAliasLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ScheduleFormatError(f"{path}: not valid YAML ({exc}).") from exc
+        raise ScheduleFormatError(f"{path}: not valid YAML ({str(exc)[:300]}).") from exc
     try:
         sched = CacheSchedule.from_dict(data)
     except ScheduleError as exc:

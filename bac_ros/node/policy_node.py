@@ -152,8 +152,11 @@ class PolicyNode(Node):
                 staged = self._stage_schedule(cand)
         except (ValueError, TypeError) as exc:
             self.counters["rejected_parameters"] += 1
-            self.get_logger().warning(f"parameter change rejected: {exc}")
-            return SetParametersResult(successful=False, reason=str(exc))
+            reason = str(exc)
+            if len(reason) > 500:  # a megabyte-long bad value is not echoed in full
+                reason = reason[:500] + f"... ({len(reason)} characters, truncated)"
+            self.get_logger().warning(f"parameter change rejected: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
         self.cfg = cand
         self._apply_live(cand, changes)
         if staged is not None:

@@ -60,3 +60,27 @@ def test_boolean_schedule_step_refused(tmp_path):
 
     with pytest.raises(ScheduleFormatError, match="integers"):
         load_schedule(_edited(tmp_path, edit))
+
+
+def test_schedule_yaml_alias_bomb_and_size_refused(tmp_path):
+    """Issue 17, class 3: a few hundred bytes of YAML aliases that expand exponentially, and
+    an oversized file, are refused before they are built."""
+    bomb = "a: &a [x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(24))
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    with pytest.raises(ScheduleFormatError, match="aliases"):
+        load_schedule(tmp_path / "bomb.yaml")
+    (tmp_path / "big.yaml").write_text("# " + "x" * (3 * 2**20))
+    with pytest.raises(ScheduleFormatError, match="larger than"):
+        load_schedule(tmp_path / "big.yaml")
+
+
+def test_unknown_sampler_names_the_file(tmp_path):
+    def edit(text):
+        d = yaml.safe_load(text)
+        d["scheduler_type"] = "dpm_solver"
+        d.pop("schedule_id")
+        return yaml.safe_dump(d)
+
+    with pytest.raises(ScheduleFormatError, match=r"s\.yaml.*scheduler_type"):
+        load_schedule(_edited(tmp_path, edit))
