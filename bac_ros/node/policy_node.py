@@ -197,6 +197,10 @@ class PolicyNode(Node):
         if rt is None:
             return
         steps = cand.num_inference_steps or rt.config.scheduler.num_inference_steps
+        train_steps = rt.config.scheduler.num_train_timesteps
+        if steps > train_steps:
+            raise ValueError(f"num_inference_steps={steps} exceeds the checkpoint's "
+                             f"num_train_timesteps={train_steps}; use 1..{train_steps}")
         if cand.bac_enabled and rt.schedule is not None and cand.num_inference_steps and \
                 steps != rt.schedule.num_steps:
             raise ValueError(f"num_inference_steps={steps} but the BAC schedule was calibrated "

@@ -206,6 +206,8 @@ CASES = [
          param=("handover", "teleport")),
     Case("param_steps_differ_from_schedule", "rejected_parameters", "calibrated",
          param=("num_inference_steps", 7)),
+    Case("param_steps_beyond_training", "rejected_parameters", "exceeds the checkpoint",
+         param=("num_inference_steps", 1000)),
     Case("param_limits_wrong_length", "rejected_parameters", "must have the same length",
          param=("action_min", [0.0])),
     # -- faults inside the running node ------------------------------------------------------
