@@ -61,7 +61,8 @@ def build_schedule(
         block_names=[b.name for b in blocks], update_steps=[list(s) for s in sets],
         method=method, budget=None if method == "full" else budget,
         bua_top_n=bua_top_n if method == "bac" else 0,
-        bua_selected=[blocks[i].name for i in selected], force_last_step=force_last_step,
+        bua_selected=[blocks[i].name for i in selected],
+        force_last_step=force_last_step and method in ("shared_acs", "acs", "bac"),
         calibration=dict(calibration or {}),
     )
     if flops is not None:

@@ -29,7 +29,7 @@ class CalibrationConfig:
     bua_min_selected: int = 2  # BUA is skipped below this many picks (authors: 2)
     seeds: list[int] = field(default_factory=lambda: [0])
     max_observations: int = 4
-    force_last_step: bool = False
+    force_last_step: bool = True  # the authors' code; closed loop favoured it (docs/bac.md)
     table_budgets: list[int] = field(default_factory=list)  # S values for the table
     eval_samples: int = 4  # (observation, noise) pairs for the fidelity table
     timing_repeats: int = 3
