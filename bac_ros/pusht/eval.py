@@ -224,7 +224,10 @@ class ScheduleFactory:
             return sched
         blocks, flops = p.model.blocks(), model_flops(p.model)
         K = p.num_inference_steps
-        calib = {"source": f"{self.cfg.demos} (mid-episode histories)",
+        demos = Path(self.cfg.demos)
+        with_repo = demos.resolve().parts[-3:] == ("data", "pusht", demos.name)
+        calib = {"source": f"{'data/pusht/' + demos.name if with_repo else demos} "
+                           "(mid-episode histories)",
                  "observations": self.cfg.calib_observations,
                  "seeds": list(self.cfg.calib_seeds)}
         common = dict(blocks=blocks, K=K, fingerprint=p.fingerprint,
