@@ -61,12 +61,19 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 42
     device: str = "cpu"
+    # learning curve: closed-loop coverage of the EMA policy every eval_every steps (0 = off)
+    eval_every: int = 0
+    eval_episodes: int = 20
+    eval_n_action_steps: int = 0  # 0 = n_action_steps
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.batch_size < 1:
             raise ValueError("num_steps and batch_size must be >= 1.")
         if self.obs not in OBS_TYPES:
             raise ValueError(f"`obs` must be one of {OBS_TYPES}. Got {self.obs!r}.")
+        if self.eval_every < 0 or self.eval_episodes < 1 or self.eval_n_action_steps < 0:
+            raise ValueError("`eval_every` >= 0, `eval_episodes` >= 1 and "
+                             "`eval_n_action_steps` >= 0 are required.")
         if self.max_episodes < 0:
             raise ValueError(f"`max_episodes` must be >= 0. Got {self.max_episodes}.")
         if self.horizon == 0:
@@ -274,6 +281,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.num_steps:
                 _save(cfg, out, policy, ema, ema_policy, opt, sched, step, losses, state_path)
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.num_steps):
+                ema.copy_to(ema_policy.parameters())
+                learning_curve_point(cfg, out, ema_policy.eval(), step, losses)
             if step >= cfg.num_steps:
                 break
     bar.close()
@@ -299,6 +309,52 @@ def _save(cfg, out, policy, ema, ema_policy, opt, sched, step, losses, state_pat
     atomic_write_bytes(state_path, buf.getvalue())
     atomic_write_text(out / "train_config.json", json.dumps(asdict(cfg), indent=2))
     _plot(losses, out / "loss.png")
+
+
+def learning_curve_point(cfg: TrainConfig, out: Path, policy: DiffusionPolicy, step: int,
+                         losses: list) -> dict:
+    """Closed-loop coverage of the EMA policy at full compute on fixed test seeds (the same
+    every time), next to the training loss: out/learning_curve.json and .png."""
+    import dataclasses
+
+    from bac_ros.pusht.eval import rollout
+
+    saved = policy.config
+    if cfg.eval_n_action_steps:
+        policy.config = dataclasses.replace(saved, n_action_steps=cfg.eval_n_action_steps)
+    try:
+        seeds = [900_000 + i for i in range(cfg.eval_episodes)]
+        with torch.no_grad():
+            succ, cov, _ = rollout(policy, seeds, 300, progress=False)
+    finally:
+        policy.config = saved
+    path = out / "learning_curve.json"
+    curve = json.loads(path.read_text()) if path.exists() else []
+    curve = [c for c in curve if c["step"] < step]  # a resumed run replaces later points
+    point = {"step": step, "loss": float(np.mean(losses[-100:])),
+             "mean_max_coverage": float(cov.mean()), "success_rate": float(succ.mean()),
+             "episodes": len(seeds)}
+    curve.append(point)
+    atomic_write_text(path, json.dumps(curve, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    steps = [c["step"] for c in curve]
+    ax.plot(steps, [c["mean_max_coverage"] for c in curve], "o-", label="mean max coverage")
+    ax.plot(steps, [c["success_rate"] for c in curve], "s-", label="success rate")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [c["loss"] for c in curve], "k--", alpha=0.5, label="loss")
+    ax2.set_yscale("log")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=100)
+    plt.close(fig)
+    return point
 
 
 def _plot(losses, path):

@@ -49,6 +49,22 @@ def test_dataset_padding():
     assert sum(1 for i, s, e in ds.index if s == 0) == ep_len - 16 + 1 + 1 + 7
 
 
+def test_learning_curve_points(tmp_path):
+    """`bac train --eval-every N`: closed-loop coverage of the EMA policy next to the loss."""
+    import json
+
+    from bac_ros.pusht.train import TrainConfig, train
+
+    cfg = TrainConfig(demos=str(DEMOS), out=str(tmp_path), n_layer=1, n_emb=16, batch_size=16,
+                      num_steps=4, warmup_steps=1, checkpoint_every=4, eval_every=2,
+                      eval_episodes=2)
+    train(cfg, progress=False)
+    curve = json.loads((tmp_path / "learning_curve.json").read_text())
+    assert [c["step"] for c in curve] == [2, 4]
+    assert all(0 <= c["mean_max_coverage"] <= 1 and c["episodes"] == 2 for c in curve)
+    assert (tmp_path / "learning_curve.png").exists()
+
+
 def test_train_few_steps_and_resume(tmp_path):
     """Loss is finite and falls over the first 30 steps; resume continues the step count; outputs load."""
     from bac_ros.pusht.train import TrainConfig, train
