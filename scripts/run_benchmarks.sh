@@ -10,8 +10,12 @@ mkdir -p "$OUT"
   --markdown "$OUT/paper_size_lowdim.md" "$@" > /dev/null
 "$BAC" bench --random-policy image --n-layer 8 --n-emb 256 --repeats 5 \
   --markdown "$OUT/paper_size_image.md" "$@" > /dev/null
-"$BAC" bench "$ROOT/data/policies/pusht_lowdim.safetensors" --repeats 5 \
-  --markdown "$OUT/bundled_lowdim.md" "$@" > /dev/null
+# Bundled policy: its bundled schedule timed beside the calibrated methods at S=30 and S=10,
+# action error on the held-out observations (data/pusht/heldout_lowdim.npz).
+for S in 30 10; do
+  "$BAC" bench --budget "$S" --ddim-steps 0 --repeats 10 \
+    --markdown "$OUT/bundled_lowdim_S$S.md" --json "$@" > "$OUT/bundled_lowdim_S$S.json"
+done
 export AMENT_PREFIX_PATH=$ROOT/.venv ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 101))}
 "$BAC" replay --checkpoint "$ROOT/data/policies/pusht_lowdim.safetensors" \

@@ -33,6 +33,7 @@ class BenchConfig:
     dtype: str = "float32"
     schedule: object = None  # a CacheSchedule to time beside the calibrated methods
     heldout: list | None = None  # observations for action_rel_err (else the timed random obs)
+    calibration: list | None = None  # observations to calibrate on (else one random obs)
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.warmup < 0 or self.batch < 1:
@@ -50,7 +51,7 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
     blocks = policy.model.blocks()
     flops = model_flops(policy.model)
     obs = random_obs(policy, batch=cfg.batch, seed=0)
-    calib_obs = [random_obs(policy, batch=1, seed=1)]
+    calib_obs = cfg.calibration or [random_obs(policy, batch=1, seed=1)]
     settings = [("ddpm", cfg.ddpm_steps, cfg.budget)]
     if cfg.ddim_steps:
         settings.append(("ddim", cfg.ddim_steps, cfg.ddim_budget))

@@ -54,12 +54,17 @@ def _schedule_and_heldout(args, policy):
     if path is None and args.checkpoint is None and not args.random_policy:
         path = bundled_policy()[1]
     schedule = load_schedule(path) if path else None
-    heldout = args.heldout
+    heldout, calibration = args.heldout, None
     bundled = REPO_DATA / "pusht" / "heldout_lowdim.npz"
-    if heldout is None and not args.random_policy and bundled.exists() and \
-            set(policy.config.shape_meta.obs) == {"keypoints", "agent_pos"}:
+    pusht_lowdim = not args.random_policy and \
+        set(policy.config.shape_meta.obs) == {"keypoints", "agent_pos"}
+    if heldout is None and pusht_lowdim and bundled.exists():
         heldout = bundled
-    return schedule, (load_observations(heldout, policy, 10_000) if heldout else None)
+    if pusht_lowdim:  # calibrate the on-the-fly schedules on real demo observations
+        calibration = load_observations(REPO_DATA / "pusht" / "calibration_lowdim.npz",
+                                        policy, 16)
+    return schedule, (load_observations(heldout, policy, 10_000) if heldout else None), \
+        calibration
 
 
 def run(args) -> int:
@@ -73,12 +78,12 @@ def run(args) -> int:
                                   image_hw=96).to(args.device)
     else:
         policy = load_policy_from_args(args)
-    schedule, heldout = _schedule_and_heldout(args, policy)
+    schedule, heldout, calibration = _schedule_and_heldout(args, policy)
     cfg = BenchConfig(ddpm_steps=args.ddpm_steps, ddim_steps=args.ddim_steps,
                       budget=args.budget, ddim_budget=args.ddim_budget,
                       bua_top_n=args.bua_top_n, repeats=args.repeats, warmup=args.warmup,
                       batch=args.batch, methods=list(args.methods), dtype=args.dtype,
-                      schedule=schedule, heldout=heldout)
+                      schedule=schedule, heldout=heldout, calibration=calibration)
     rows, env = run_benchmark(policy, cfg, progress=not args.json)
     table = format_markdown(rows, env)
     if args.markdown:
