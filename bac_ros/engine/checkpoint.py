@@ -111,7 +111,18 @@ def _load_safetensors(path: Path) -> tuple[PolicyConfig, dict[str, torch.Tensor]
             f"{path}: safetensors file without a bac_ros policy config (format "
             f"{meta.get('format')!r}); convert diffusion_policy checkpoints with `bac convert`."
         )
-    return PolicyConfig.from_dict(json.loads(meta[CONFIG_KEY])), weights
+    bad = sorted({str(t.dtype) for t in weights.values() if not t.is_floating_point()})
+    if bad:
+        raise CheckpointError(f"{path}: weights of dtype {bad}; a policy stores float weights "
+                              "(a damaged or foreign file). Re-create it with `bac convert`.")
+    try:
+        config = json.loads(meta[CONFIG_KEY])
+        if not isinstance(config, dict):
+            raise TypeError(f"the config is a {type(config).__name__}, not a mapping")
+        return PolicyConfig.from_dict(config), weights
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: malformed bac_ros policy config ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}). Re-create it with `bac convert`.") from exc
 
 
 # -- diffusion_policy .ckpt ---------------------------------------------------------------------

@@ -230,6 +230,11 @@ class PolicyConfig:
                     f"`obs_low_dim_names[{key!r}]` must name every entry of a low_dim key; "
                     f"got {len(names)} names for {spec}."
                 )
+        all_names = [n for names in self.obs_low_dim_names.values() for n in names]
+        dups = sorted({n for n in all_names if all_names.count(n) > 1})
+        if dups or len(set(self.action_names)) != len(self.action_names):
+            raise ValueError(f"duplicate observation or action names {dups or self.action_names}"
+                             ": every joint name must map to one value.")
         if not (isinstance(self.control_period_s, (int, float)) and
                 0 < self.control_period_s < 3600):  # also refuses NaN and inf
             raise ValueError(f"`control_period_s` must be a finite number of seconds in "

@@ -97,3 +97,32 @@ def test_hostile_sizes_in_safetensors_are_refused(tmp_path, field, value):
     save_file(load_file(str(path)), str(path), metadata=meta)
     with pytest.raises((CheckpointError, ValueError), match="limit|must|horizon|exceed"):
         load_policy(path)
+
+
+@pytest.mark.parametrize("edit", ["null", "list", "dup_names", "int_weights"])
+def test_malformed_safetensors_refused_with_the_file_named(tmp_path, edit):
+    """Issue 17, classes 4-5: malformed configs and non-float weights give a CheckpointError
+    naming the file (the node's "cannot start: ..." line), never a traceback."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    p = make_tiny_policy("lowdim", num_inference_steps=4)
+    path = save_policy(p, tmp_path / "p.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    key = next(k for k in meta if "config" in k)
+    weights = load_file(str(path))
+    cfg = json.loads(meta[key])
+    if edit == "null":
+        meta[key] = "null"
+    elif edit == "list":
+        meta[key] = "[]"
+    elif edit == "dup_names":
+        cfg["action_names"] = ["a", "a"]
+        meta[key] = json.dumps(cfg)
+    else:
+        k0 = next(iter(weights))
+        weights[k0] = weights[k0].to(torch.int8)
+    save_file(weights, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="p.safetensors|duplicate"):
+        load_policy(path)
