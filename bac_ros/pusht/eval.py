@@ -29,6 +29,7 @@ from bac_ros.bac.flops import model_flops
 from bac_ros.bac.methods import MethodSpec, parse_method
 from bac_ros.bac.schedule import CacheSchedule, load_schedule, save_schedule
 from bac_ros.bac.similarity import caching_error, cosine_similarity_matrix
+from bac_ros.io_utils import atomic_write_text
 from bac_ros.pusht.env import make_env
 from bac_ros.stats import paired_difference, unpaired_difference
 
@@ -336,8 +337,6 @@ def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
                                          "success": succ.astype(int).tolist()}
             if j == 0 and cfg.gif_episodes:
                 record["gif_actions"] = acts[:cfg.gif_episodes].tolist()
-            from bac_ros.io_utils import atomic_write_text
-
             atomic_write_text(path, json.dumps(record))
             if progress:
                 print(f"{name}: batch {j + 1}/{cfg.n_batches} mean max coverage "
@@ -345,8 +344,6 @@ def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
         record["summary"] = {"blocks_computed_frac": round(blocks_vs_full, 4),
                              "flops_ratio": round(ratio, 3), "n_blocks": n_blocks,
                              "search": factory.search_logs.get(spec.name)}
-        from bac_ros.io_utils import atomic_write_text
-
         atomic_write_text(path, json.dumps(record))
         return record
     finally:
@@ -434,8 +431,6 @@ def _write_outputs(rows, records, policy, cfg: EvalConfig, out_dir: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
-
-    from bac_ros.io_utils import atomic_write_text
 
     atomic_write_text(out_dir / "results.md", format_table(rows))
     atomic_write_text(out_dir / "results.json", json.dumps(rows, indent=1))
