@@ -60,7 +60,7 @@ class ImageConverter:
                              "resolution or raise max_message_mb")
 
     def from_image(self, msg) -> np.ndarray:
-        self._check_size(len(msg.data))
+        self._check_size(len(msg.data) + len(msg.header.frame_id))  # frame_id counts too
         enc = msg.encoding.lower()
         if enc not in CHANNELS:
             raise InputError("bad_encoding", f"unsupported image encoding {msg.encoding!r}; "
@@ -82,7 +82,7 @@ class ImageConverter:
         return self._finish(rgb)
 
     def from_compressed(self, msg) -> np.ndarray:
-        self._check_size(len(msg.data))
+        self._check_size(len(msg.data) + len(msg.header.frame_id))  # frame_id counts too
         buf = as_uint8(msg.data)
         codec = compressed_codec(msg.format)
         w, h = compressed_dimensions(buf, codec, msg.format)
@@ -194,7 +194,7 @@ class JointStateMapper:
         self.max_bytes = max_bytes
 
     def __call__(self, msg) -> dict[str, np.ndarray]:
-        n_bytes = sum(len(n) for n in msg.name) + 8 * (
+        n_bytes = len(msg.header.frame_id) + sum(len(n) for n in msg.name) + 8 * (
             len(msg.position) + len(msg.velocity) + len(msg.effort))
         if n_bytes > self.max_bytes:
             raise InputError("too_large", f"JointState of {n_bytes / 2**20:.1f} MB "

@@ -155,3 +155,12 @@ def test_policy_yaml_matches_node_config_defaults():
         assert params[name] == default, f"{name}: yaml {params[name]!r} != {default!r}"
     known = {name for name, *_ in parameter_table()}
     assert set(params) <= known, f"unknown parameters in yaml: {set(params) - known}"
+
+
+def test_frame_id_counts_toward_the_size_limit():
+    """Issue 17: a small image with a huge header.frame_id is refused like a huge image."""
+    conv = ImageConverter((4, 4), use_cv_bridge=False, max_bytes=1000)
+    msg = _img("rgb8", 4, 4)
+    msg.header.frame_id = "x" * 5000
+    with pytest.raises(InputError, match="max_message_mb"):
+        conv.from_image(msg)
