@@ -70,9 +70,17 @@ def build_schedule(
     return sched
 
 
+def chunk_flops(per_block: list[int], fixed: int, K: int,
+                update_steps: list[list[int]] | None = None) -> int:
+    """FLOPs of one chunk of K model calls: the always-computed parts every call, plus each
+    block at its update steps (every step when ``update_steps`` is None: full compute)."""
+    blocks = K * sum(per_block) if update_steps is None else \
+        sum(f * len(s) for f, s in zip(per_block, update_steps))
+    return K * fixed + blocks
+
+
 def flops_ratio(schedule: CacheSchedule, per_block: list[int], fixed: int) -> float:
     """Full-compute FLOPs / scheduled FLOPs for one chunk."""
     K = schedule.num_steps
-    full = K * (fixed + sum(per_block))
-    cached = K * fixed + sum(f * len(s) for f, s in zip(per_block, schedule.update_steps))
-    return full / cached
+    return chunk_flops(per_block, fixed, K) / chunk_flops(per_block, fixed, K,
+                                                          schedule.update_steps)

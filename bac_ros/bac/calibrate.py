@@ -158,27 +158,11 @@ def _build(method: str, budget: int, common: dict, objective=None, search_evals:
     """One schedule; ``search`` starts from the better of Uniform and shared ACS."""
     if method != "search":
         return build_schedule(method, budget=budget, **common)
-    from bac_ros.bac.baselines import flops_ratio
-    from bac_ros.bac.search import SearchConfig, search_schedule
+    from bac_ros.bac.search import search_from_baselines
 
-    starts = [build_schedule(m, budget=budget, **{**common, "force_last_step": False})
-              for m in ("uniform", "shared_acs")]
-    start = min(starts, key=objective)
-    per_block, fixed = common["flops"]
-    sched, log = search_schedule(start, common["blocks"], objective, per_block,
-                                 SearchConfig(budget=budget, max_evals=search_evals),
-                                 progress=progress)
-    sched.flops_ratio = round(flops_ratio(sched, per_block, fixed), 4)
+    sched, log = search_from_baselines(budget, common, objective, search_evals, progress)
     sched.calibration = {**sched.calibration, "search": log}
     return sched
-
-
-def action_error(policy, observations, schedule: CacheSchedule | None, seeds=(7,)) -> float:
-    """Mean |action - full action| (normalized units, executed slice), same noise."""
-    from bac_ros.bac.search import objective_from_observations
-
-    obj = objective_from_observations(policy, observations, list(seeds), seed=11)
-    return 0.0 if schedule is None else obj(schedule)
 
 
 def calibrate(policy, observations: Iterable[Mapping], config: CalibrationConfig,
@@ -224,10 +208,15 @@ def calibrate(policy, observations: Iterable[Mapping], config: CalibrationConfig
     budget, operating = config.budget, []
     if config.max_action_error is not None:
         # Cheapest budget first; the first whose held-out error is within the target wins.
+        # Mean |action - full action| (executed slice), noise other than calibration's; the
+        # full-compute reference is run once for every candidate.
+        from bac_ros.bac.search import objective_from_observations
+
+        heldout_error = objective_from_observations(policy, table_obs, [7], seed=11)
         budget = None
         for S in sorted(b for b in config.candidate_budgets if b <= K):
             cand = _build(config.method, S, common, objective, config.search_evals)
-            e = action_error(policy, table_obs, cand)
+            e = heldout_error(cand)
             operating.append({"S": S, "action_err_mean": e, "flops_ratio": cand.flops_ratio,
                               "within_target": e <= config.max_action_error})
             if progress:

@@ -42,10 +42,6 @@ class MethodSpec:
             return f"{self.sampler}:{self.num_steps}"
         return f"{base}@{self.sampler}:{self.num_steps}"
 
-    @property
-    def cached(self) -> bool:
-        return self.method != "full"
-
 
 def parse_method(text: str) -> MethodSpec:
     """Parse one spec; the error lists what is accepted."""

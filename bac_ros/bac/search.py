@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -194,7 +193,21 @@ def objective_from_observations(policy, observations, seeds: Sequence[int],
     return ActionErrorObjective(policy, torch.cat(conds), torch.cat(noises), seed)
 
 
-def held_out_error(policy, schedule: CacheSchedule, observations, seeds=(7,)) -> float:
-    """The same error on other observations (and other noise): what to report."""
-    obj = objective_from_observations(policy, observations, seeds, seed=int(np.sum(seeds)) + 7)
-    return obj(schedule)
+def search_from_baselines(budget: int, build_kwargs: dict, objective, max_evals: int,
+                          progress: bool = True) -> tuple[CacheSchedule, dict]:
+    """The ``search`` method end to end: start from the better (by ``objective``) of Uniform S
+    and shared ACS S, hill-climb within Uniform S's FLOPs, and set the FLOPs ratio.
+
+    ``build_kwargs`` are ``baselines.build_schedule``'s keyword arguments except method and
+    budget (blocks, K, fingerprint, scheduler_type, similarity, flops, ...)."""
+    from bac_ros.bac.baselines import build_schedule, flops_ratio
+
+    starts = [build_schedule(m, budget=budget, **{**build_kwargs, "force_last_step": False})
+              for m in ("uniform", "shared_acs")]
+    start = min(starts, key=objective)
+    per_block, fixed = build_kwargs["flops"]
+    sched, log = search_schedule(start, build_kwargs["blocks"], objective, per_block,
+                                 SearchConfig(budget=budget, max_evals=max_evals),
+                                 progress=progress)
+    sched.flops_ratio = round(flops_ratio(sched, per_block, fixed), 4)
+    return sched, log

@@ -48,18 +48,15 @@ def register(subparsers) -> None:
 def _schedule_and_heldout(args, policy):
     from bac_ros.bac.capture import load_observations
     from bac_ros.bac.schedule import load_schedule
-    from bac_ros.cli.common import REPO_DATA, bundled_policy
+    from bac_ros.cli.common import REPO_DATA, bundled_heldout, bundled_policy, is_pusht_lowdim
 
     path = args.schedule
     if path is None and args.checkpoint is None and not args.random_policy:
         path = bundled_policy()[1]
     schedule = load_schedule(path) if path else None
-    heldout, calibration = args.heldout, None
-    bundled = REPO_DATA / "pusht" / "heldout_lowdim.npz"
-    pusht_lowdim = not args.random_policy and \
-        set(policy.config.shape_meta.obs) == {"keypoints", "agent_pos"}
-    if heldout is None and pusht_lowdim and bundled.exists():
-        heldout = bundled
+    pusht_lowdim = not args.random_policy and is_pusht_lowdim(policy)
+    heldout = args.heldout or (bundled_heldout(policy) if pusht_lowdim else None)
+    calibration = None
     if pusht_lowdim:  # calibrate the on-the-fly schedules on real demo observations
         calibration = load_observations(REPO_DATA / "pusht" / "calibration_lowdim.npz",
                                         policy, 16)

@@ -79,13 +79,11 @@ def _split_heldout(args, policy, obs):
     """Held-out observations: --heldout, the bundled held-out set for the bundled policy, or
     every second observation of the source (then the calibration keeps the others)."""
     from bac_ros.bac.capture import load_observations
-    from bac_ros.cli.common import REPO_DATA
+    from bac_ros.cli.common import bundled_heldout
 
-    if args.heldout:
-        return obs, load_observations(args.heldout, policy, 10_000)
-    bundled = REPO_DATA / "pusht" / "heldout_lowdim.npz"
-    if set(policy.config.shape_meta.obs) == {"keypoints", "agent_pos"} and bundled.exists():
-        return obs, load_observations(bundled, policy, 10_000)
+    heldout = args.heldout or bundled_heldout(policy)
+    if heldout:
+        return obs, load_observations(heldout, policy, 10_000)
     if len(obs) < 2:
         return obs, None
     return obs[0::2], obs[1::2]

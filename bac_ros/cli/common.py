@@ -31,6 +31,29 @@ def node_policy_files(checkpoint: str | None, schedule: str | None) -> tuple[str
     return str(checkpoint or default_ckpt), schedule
 
 
+def is_pusht_lowdim(policy) -> bool:
+    """Observations are the Push-T low-dim ones (keypoints + agent position)."""
+    return set(policy.config.shape_meta.obs) == {"keypoints", "agent_pos"}
+
+
+def bundled_heldout(policy) -> Path | None:
+    """The bundled held-out observations when ``policy`` is a Push-T low-dim policy: never used
+    for calibration, for fidelity measurements."""
+    path = REPO_DATA / "pusht" / "heldout_lowdim.npz"
+    return path if is_pusht_lowdim(policy) and path.exists() else None
+
+
+def parse_pairs(items: list[str], what: str) -> dict[str, str]:
+    """``["A:=B", ...]`` (``--remap`` / ``--param`` values) -> ``{"A": "B"}``."""
+    out = {}
+    for item in items:
+        if ":=" not in item:
+            raise ValueError(f"{what} {item!r} must look like NAME:=VALUE")
+        k, v = item.split(":=", 1)
+        out[k] = v
+    return out
+
+
 def add_policy_args(parser, required: bool = False) -> None:
     parser.add_argument("checkpoint", nargs=None if required else "?", default=None,
                         help="policy checkpoint (.safetensors ours, or diffusion_policy .ckpt); "

@@ -35,19 +35,14 @@ def run(args) -> int:
     import rclpy
     from rclpy.node import Node
 
-    from bac_ros.cli.common import DEFAULT_BAG, print_json
+    from bac_ros.cli.common import DEFAULT_BAG, parse_pairs, print_json
     from bac_ros.node.replay import publish_messages, read_bag
 
     if not args.rate > 0:
         raise ValueError(f"--rate must be > 0. Got {args.rate}.")
     if args.loop < 0:
         raise ValueError(f"--loop must be >= 0. Got {args.loop}.")
-    remap = {}
-    for item in args.remap:
-        if ":=" not in item:
-            raise ValueError(f"--remap {item!r} must look like FROM:=TO")
-        k, v = item.split(":=", 1)
-        remap[k] = v
+    remap = parse_pairs(args.remap, "--remap")
     topics = None
     if args.topics or remap:
         from rosbags.rosbag2 import Reader

@@ -28,26 +28,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _pairs(items, what):
-    out = {}
-    for item in items:
-        if ":=" not in item:
-            raise SystemExit(f"bac replay: {what} {item!r} must look like NAME:=VALUE")
-        k, v = item.split(":=", 1)
-        out[k] = v
-    return out
-
-
 def run(args) -> int:
     import yaml
 
-    from bac_ros.cli.common import DEFAULT_BAG, node_policy_files, print_json
+    from bac_ros.cli.common import DEFAULT_BAG, node_policy_files, parse_pairs, print_json
     from bac_ros.node.replay import run_replay
 
-    params = {k: yaml.safe_load(v) for k, v in _pairs(args.param, "--param").items()}
+    params = {k: yaml.safe_load(v) for k, v in parse_pairs(args.param, "--param").items()}
     params["checkpoint"], sched = node_policy_files(args.checkpoint, args.schedule)
     params["schedule"] = sched
-    topics = _pairs(args.remap, "--remap") or None
+    topics = parse_pairs(args.remap, "--remap") or None
     bag = args.bag or DEFAULT_BAG
     runs = {"bac" if sched else "full": run_replay(bag, params, topics, rate=args.rate)}
     if args.compare_full and sched:

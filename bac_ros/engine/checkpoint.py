@@ -18,7 +18,6 @@ import json
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -126,13 +125,6 @@ def _load_safetensors(path: Path) -> tuple[PolicyConfig, dict[str, torch.Tensor]
 
 
 # -- diffusion_policy .ckpt ---------------------------------------------------------------------
-def safe_eval(expr: str) -> Any:
-    """Bounded ``${eval:...}`` arithmetic (kept here for callers; see dp_config)."""
-    from bac_ros.engine.dp_config import safe_eval as _safe_eval
-
-    return _safe_eval(expr)
-
-
 def read_dp_payload(path: Path, allow_pickle: bool) -> dict:
     """Read a diffusion_policy payload; full pickle (arbitrary code) only with allow_pickle.
 

@@ -246,13 +246,13 @@ class PolicyNode(Node):
             else qos_profile_sensor_data
         self._inputs = MutuallyExclusiveCallbackGroup()
         # Last arrival (monotonic) per subscribed topic: /diagnostics names silent ones.
-        start = time.monotonic()
-        self._last_input = {self.resolve_topic_name(t): start
-                            for t in list(cfg.image_topics[:len(rgb_keys)]) +
-                            ([cfg.joint_state_topic] if low_keys else [])}
-        self._ever_received: set[str] = set()
         self._image_topic_of = {k: self.resolve_topic_name(t)
                                 for k, t in zip(rgb_keys, cfg.image_topics)}
+        self._joint_topic = self.resolve_topic_name(cfg.joint_state_topic)
+        start = time.monotonic()
+        self._last_input = {t: start for t in list(self._image_topic_of.values()) +
+                            ([self._joint_topic] if low_keys else [])}
+        self._ever_received: set[str] = set()
         for key, topic in zip(rgb_keys, cfg.image_topics):
             conv = ImageConverter(pc.shape_meta.obs[key].shape[1:], max_bytes=max_bytes)
             msg_type = CompressedImage if cfg.compressed_images else Image
@@ -354,7 +354,7 @@ class PolicyNode(Node):
             self._reject(InputError("internal", f"image callback failed: {exc!r}"))
 
     def _on_joints(self, msg: JointState) -> None:
-        self._mark_input(self.resolve_topic_name(self.cfg.joint_state_topic))
+        self._mark_input(self._joint_topic)
         try:
             values = self.joint_mapper(msg)
             self.buffer.add("joints", stamp_s(msg.header.stamp), values, self._now_s(),

@@ -134,10 +134,7 @@ class Probe(Node):
         return out
 
     def publisher(self, topic: str, msg_cls):
-        if topic not in self.publishers_by_topic:
-            self.publishers_by_topic[topic] = self.create_publisher(
-                msg_cls, topic, qos_profile_sensor_data)
-        return self.publishers_by_topic[topic]
+        return _publisher(self, self.publishers_by_topic, topic, msg_cls)
 
     def replay(self, messages, rate: float = 1.0, restamp: str | bool = "shift",
                stop: threading.Event | None = None, mutate=None, clock_pub=None) -> int:
@@ -166,9 +163,7 @@ def publish_messages(node, publishers: dict, messages, rate: float = 1.0,
         if topic not in classes:
             classes[topic] = _msg_class(msgtype)
             new |= topic not in publishers
-            if topic not in publishers:
-                publishers[topic] = node.create_publisher(classes[topic], topic,
-                                                          qos_profile_sensor_data)
+            _publisher(node, publishers, topic, classes[topic])
     if new:
         time.sleep(1.0)  # DDS discovery of the new publishers
     from rclpy.serialization import deserialize_message
@@ -211,6 +206,13 @@ def publish_messages(node, publishers: dict, messages, rate: float = 1.0,
             publishers[topic].publish(m)
             n += 1
     return n
+
+
+def _publisher(node, publishers: dict, topic: str, msg_cls):
+    """One sensor-data-QoS publisher per topic, created on first use."""
+    if topic not in publishers:
+        publishers[topic] = node.create_publisher(msg_cls, topic, qos_profile_sensor_data)
+    return publishers[topic]
 
 
 def _publish_clock(pub, ns: int) -> None:

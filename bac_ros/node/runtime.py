@@ -62,6 +62,8 @@ class PolicyRuntime:
         if cfg.num_inference_steps:
             self.policy.set_num_inference_steps(cfg.num_inference_steps)
         self.dtype = _DTYPES[cfg.dtype]
+        self._allow_mismatch = cfg.bac_allow_fingerprint_mismatch
+        self._swap_lock = threading.Lock()
         self.schedule: CacheSchedule | None = None
         self.cache: ScheduledBlockCache | None = None
         if cfg.schedule:
@@ -69,9 +71,7 @@ class PolicyRuntime:
                 if not cfg.num_inference_steps:  # follow the schedule's sampler and K
                     head = load_schedule(cfg.schedule)
                     self.policy.set_scheduler(head.scheduler_type, head.num_steps)
-                self.schedule = load_schedule(cfg.schedule, policy=self.policy,
-                                              allow_mismatch=cfg.bac_allow_fingerprint_mismatch)
-                self.cache = ScheduledBlockCache(self.schedule, self.policy.model.blocks())
+                self.schedule, self.cache = self.load_candidate(cfg.schedule)
             except ScheduleError as exc:
                 if not cfg.bac_fallback_to_full:
                     raise ConfigureError(f"refusing to start with BAC: {exc} (set "
@@ -79,8 +79,6 @@ class PolicyRuntime:
                                          "instead)") from exc
                 log(f"BAC disabled, running full compute: {exc}")
         self.n_blocks = len(self.policy.model.blocks())
-        self._allow_mismatch = cfg.bac_allow_fingerprint_mismatch
-        self._swap_lock = threading.Lock()
 
     def load_candidate(self, path: str) -> tuple[CacheSchedule | None, ScheduledBlockCache | None]:
         """Validate a schedule file against the running policy (fingerprint, sampler, K,
@@ -100,9 +98,6 @@ class PolicyRuntime:
     @property
     def config(self):
         return self.policy.config
-
-    def bac_available(self, steps: int) -> bool:
-        return self.schedule is not None and self.schedule.num_steps == steps
 
     def set_steps(self, steps: int) -> None:
         steps = steps or self.policy.config.scheduler.num_inference_steps

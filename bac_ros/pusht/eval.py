@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bac_ros.bac.baselines import build_schedule
+from bac_ros.bac.baselines import build_schedule, chunk_flops
 from bac_ros.bac.cache import ScheduledBlockCache
 from bac_ros.bac.capture import capture_features
 from bac_ros.bac.flops import model_flops
@@ -163,22 +163,19 @@ def render_episode(seed: int, actions: np.ndarray, obs_type: str) -> list[np.nda
     return frames
 
 
-def calibration_histories(policy, cfg: EvalConfig, count: int | None = None,
-                          rng_seed: int = 0) -> list[dict]:
+def calibration_histories(policy, cfg: EvalConfig) -> list[dict]:
     """Mid-episode observation histories from the expert demonstrations (replayed in the
-    policy's observation type). Initial states alone are a poor calibration set: the agent
-    stands still (measured: BAC S=10 calibrated on 4 initial states reached coverage 0.25 vs
-    0.58 at full compute). ``rng_seed`` 1 gives a held-out set from other demos."""
+    policy's observation type): one from each of the first ``calib_observations`` demos of a
+    fixed permutation (``data/pusht/heldout_lowdim.npz`` excludes those demos). Initial states
+    alone are a poor calibration set: the agent stands still (measured: BAC S=10 calibrated on
+    4 initial states reached coverage 0.25 vs 0.58 at full compute)."""
     from bac_ros.pusht.demos import replay_observations
 
     d = np.load(cfg.demos)
     ends = d["episode_ends"]
     starts = np.concatenate([[0], ends[:-1]])
-    count = count or cfg.calib_observations
-    order = np.random.default_rng(0).permutation(len(ends))
-    # rng_seed 0: the first `count` demos of a fixed permutation; other seeds: from the end.
-    picked = order[:count] if rng_seed == 0 else order[::-1][:count]
-    rng = np.random.default_rng(rng_seed)
+    picked = np.random.default_rng(0).permutation(len(ends))[:cfg.calib_observations]
+    rng = np.random.default_rng(0)
     To = policy.config.n_obs_steps
     out = []
     for ep in picked:
@@ -240,18 +237,12 @@ class ScheduleFactory:
             return build_schedule(spec.method, budget=spec.budget, similarity=sim,
                                   caching_error=err, force_last_step=spec.force_last_step,
                                   **common)
-        from bac_ros.bac.baselines import flops_ratio
-        from bac_ros.bac.search import SearchConfig, objective_from_observations, search_schedule
+        from bac_ros.bac.search import objective_from_observations, search_from_baselines
 
         objective = objective_from_observations(p, self.calib, list(self.cfg.calib_seeds))
-        starts = [build_schedule(m, budget=spec.budget, similarity=sim, caching_error=err,
-                                 **common) for m in ("uniform", "shared_acs")]
-        start = min(starts, key=objective)
-        sched, log = search_schedule(start, blocks, objective, flops[0],
-                                     SearchConfig(budget=spec.budget,
-                                                  max_evals=self.cfg.search_evals),
-                                     progress=self.progress)
-        sched.flops_ratio = round(flops_ratio(sched, *flops), 4)
+        sched, log = search_from_baselines(
+            spec.budget, {**common, "similarity": sim, "caching_error": err}, objective,
+            self.cfg.search_evals, self.progress)
         self.search_logs[spec.name] = log
         return sched
 
@@ -280,14 +271,12 @@ def _saved_schedule(policy, cfg: EvalConfig, spec: MethodSpec, path: Path):
     return sched if same else None
 
 
-def _flops_ratio_vs_full(policy, spec: MethodSpec, sched: CacheSchedule | None,
-                         full_steps: int) -> float:
+def _flops_ratio_vs_full(policy, sched: CacheSchedule | None, full_steps: int) -> float:
+    """FLOPs of full compute at the policy's own K / FLOPs of this method (its sampler's K)."""
     per_block, fixed = model_flops(policy.model)
-    full = full_steps * (fixed + sum(per_block))
-    K = policy.num_inference_steps
-    if sched is None:
-        return full / (K * (fixed + sum(per_block)))
-    return full / (K * fixed + sum(f * len(s) for f, s in zip(per_block, sched.update_steps)))
+    return chunk_flops(per_block, fixed, full_steps) / chunk_flops(
+        per_block, fixed, policy.num_inference_steps,
+        None if sched is None else sched.update_steps)
 
 
 def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
@@ -300,16 +289,17 @@ def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
     try:
         if spec.sampler is not None:
             policy.set_scheduler(spec.sampler, spec.num_steps)
-        sched = _saved_schedule(policy, cfg, spec, out_dir / "schedules" / f"{slug(name)}.yaml")
+        sched_path = out_dir / "schedules" / f"{slug(name)}.yaml"
+        sched = _saved_schedule(policy, cfg, spec, sched_path)
         if sched is None:
             sched = factory.build(spec)
+            if sched is not None:
+                save_schedule(sched, sched_path)
         K_used = policy.num_inference_steps
-        ratio = _flops_ratio_vs_full(policy, spec, sched, own[1])
+        ratio = _flops_ratio_vs_full(policy, sched, own[1])
         n_blocks = len(policy.model.blocks())
         frac = 1.0 if sched is None else sched.computed_fraction
         blocks_vs_full = frac * K_used / own[1]
-        if sched is not None:
-            save_schedule(sched, out_dir / "schedules" / f"{slug(name)}.yaml")
         meta = {"method": name, "fingerprint": policy.fingerprint,
                 "schedule_id": None if sched is None else sched.schedule_id,
                 "sampler": policy.config.scheduler.type, "K": K_used,
