@@ -50,6 +50,9 @@ def generate_launch_description():
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock (bag replay, simulation)"),
         DeclareLaunchArgument("log_level", default_value="info", description="logger level"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="lifecycle: configure and activate at start (false: "
+                                          "wait for `ros2 lifecycle set`)"),
     ]
     node = Node(
         package="bac_ros", executable="policy_node", name="bac_policy",
@@ -60,6 +63,7 @@ def generate_launch_description():
             "device": LaunchConfiguration("device"),
             "dtype": LaunchConfiguration("dtype"),
             "use_sim_time": LaunchConfiguration("use_sim_time"),
+            "autostart": LaunchConfiguration("autostart"),
         }],
         remappings=[("/camera/image_raw", LaunchConfiguration("image_topic")),
                     ("/joint_states", LaunchConfiguration("joint_state_topic")),

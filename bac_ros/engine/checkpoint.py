@@ -316,7 +316,8 @@ def _load_dp_ckpt(path: Path, allow_pickle: bool) -> tuple[PolicyConfig, dict]:
 # (horizon 8e6, n_layer 1e5, num_train_timesteps 1e9) is refused before anything is allocated.
 LIMITS = {"horizon": 1024, "n_obs_steps": 64, "n_action_steps": 1024, "n_layer": 64,
           "n_head": 128, "n_emb": 8192, "n_cond_layers": 64, "num_train_timesteps": 10_000,
-          "num_inference_steps": 10_000, "obs_values": 50_000_000, "params": 2_000_000_000}
+          "num_inference_steps": 10_000, "obs_values": 50_000_000, "params": 2_000_000_000,
+          "encoder_width": 4096, "encoder_layers": 32}
 
 
 def check_resource_limits(config: PolicyConfig, source: str = "?") -> None:
@@ -329,6 +330,10 @@ def check_resource_limits(config: PolicyConfig, source: str = "?") -> None:
               "obs_values": sum(int(np.prod(o.shape)) for o in config.shape_meta.obs.values()),
               "params": 13 * (t.n_layer + t.n_cond_layers) * t.n_emb ** 2
               + t.n_emb * (t.cond_dim + t.input_dim + t.horizon)}
+    enc = config.obs_encoder
+    if enc is not None:
+        values["encoder_width"] = max(enc.num_keypoints, enc.feature_dim, *enc.conv_channels)
+        values["encoder_layers"] = len(enc.conv_channels)
     bad = {k: v for k, v in values.items() if not isinstance(v, int) or v > LIMITS[k]}
     if bad:
         raise CheckpointError(f"{source}: config values {bad} exceed bac_ros's limits "

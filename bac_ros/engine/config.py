@@ -165,12 +165,31 @@ class ObsEncoderConfig:
     num_keypoints: int = 32  # spatial softmax keypoints
     feature_dim: int = 64  # linear projection after the spatial softmax
     share_rgb_model: bool = False
+    # "resnet18": robomimic's trunk (diffusion_policy's image policies, 11 M parameters);
+    # "conv": a few 3x3 conv + GroupNorm + ReLU layers (first two stride 2), small enough to
+    # train and run on a CPU.
+    backbone: str = "resnet18"
+    conv_channels: tuple[int, ...] = (32, 32, 32)  # "conv" backbone only
+    # robomimic applies ReLU to every image feature; "none" keeps them signed (a feature
+    # trained to regress object keypoints, for instance).
+    feature_activation: str = "relu"
 
     def __post_init__(self) -> None:
         if self.crop_shape is not None:
             self.crop_shape = tuple(int(s) for s in self.crop_shape)
         _check_positive("num_keypoints", self.num_keypoints)
         _check_positive("feature_dim", self.feature_dim)
+        if self.backbone not in ("resnet18", "conv"):
+            raise ValueError(f"obs_encoder.backbone must be 'resnet18' or 'conv'. "
+                             f"Got {self.backbone!r}.")
+        if self.feature_activation not in ("relu", "none"):
+            raise ValueError(f"obs_encoder.feature_activation must be 'relu' or 'none'. "
+                             f"Got {self.feature_activation!r}.")
+        self.conv_channels = tuple(self.conv_channels)
+        if not self.conv_channels:
+            raise ValueError("obs_encoder.conv_channels needs at least one layer.")
+        for c in self.conv_channels:
+            _check_positive("conv_channels[i]", c)
 
 
 @dataclass

@@ -220,8 +220,10 @@ class DiffusionPolicy(nn.Module):
     # -- training -------------------------------------------------------------------------
     def compute_loss(self, batch: dict, generator: Optional[torch.Generator] = None):
         """diffusion_policy's loss: MSE between predicted and true noise (or sample)."""
-        obs, action = batch["obs"], batch["action"].to(self.device)
-        cond = self.encode_condition_train(obs)
+        action = batch["action"].to(self.device)
+        # "cond": features precomputed by a frozen encoder (same as encode_condition's output)
+        cond = batch["cond"].to(self.device) if "cond" in batch else \
+            self.encode_condition_train(batch["obs"])
         naction = self.normalizer.normalize("action", action)
         noise = torch.randn(naction.shape, generator=generator).to(naction.device)
         t = torch.randint(0, self.config.scheduler.num_train_timesteps, (naction.shape[0],),

@@ -36,6 +36,9 @@ class NodeConfig:
         True, 0, 1024))
     torch_interop_threads: int = field(default=1, metadata=meta(
         "torch inter-op CPU threads", True, 1, 1024))
+    autostart: bool = field(default=True, metadata=meta(
+        "lifecycle: configure and activate at start (false: wait in 'unconfigured' for "
+        "`ros2 lifecycle set <node> configure` / `activate`)", True))
     warmup_iterations: int = field(default=2, metadata=meta(
         "inferences run at start to warm up the device", True, 0, 100))
     seed: int = field(default=0, metadata=meta(

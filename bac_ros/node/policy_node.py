@@ -1,5 +1,12 @@
 """The bac_ros policy node: observations in, action chunks out at control rate.
 
+A managed (lifecycle) node: configure loads the policy and schedule, warms up and creates the
+subscriptions and publishers; activate starts the inference worker and the command stream;
+deactivate stops them and drops every queued action (no stale command survives); cleanup
+frees the model. A failed transition goes through error processing (the reason is logged
+and on /diagnostics) back to unconfigured. With ``autostart`` (default) the node configures
+and activates itself, so one `ros2 launch` still runs it.
+
 Threads: one executor thread serves subscriptions, the control-rate timer and diagnostics
 (every callback is short: a conversion, a lookup, a publish); inference runs on a dedicated
 worker thread (one at a time, newest observation wins), so no callback ever waits on the
@@ -30,7 +37,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -56,7 +63,7 @@ def to_stamp(t_s: float):
     return Time(sec=sec, nanosec=int(round((t_s - sec) * 1e9)) % 1_000_000_000)
 
 
-class PolicyNode(Node):
+class PolicyNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__("bac_policy", **kwargs)
         self._fields = {ros_name(f): f for f in dataclasses.fields(NodeConfig)}
@@ -72,8 +79,63 @@ class PolicyNode(Node):
         self._serving = False  # command stream state, logged on transitions
         self._last_reject_log_s: dict[str, float] = {}
         self._timeline = 0  # bumped by ROS clock jumps
-        self._configure()
-        self._activate()
+        self.runtime: PolicyRuntime | None = None
+        self._active = False
+        self._entities: list = []  # subscriptions, publishers, timers made by configure
+        self._transition_error = ""
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._busy = False
+        if self.cfg.autostart:
+            self.trigger_configure()
+            if self.runtime is None:  # main() reports "cannot start: <reason>", exit 2
+                raise ConfigureError(self._transition_error or "configure failed")
+            self.trigger_activate()
+
+    @property
+    def lifecycle_state(self) -> str:
+        return self._state_machine.current_state[1]
+
+    # -- lifecycle transitions ----------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("configure", self._configure)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("activate", self._activate)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("deactivate", self._deactivate)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("cleanup", self._cleanup)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("shutdown", self._cleanup)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # Back to a clean 'unconfigured': a corrected configuration can be retried.
+        try:
+            self._cleanup()
+        except Exception as exc:  # noqa: BLE001 - finalize rather than stay half-configured
+            self.get_logger().error(f"error processing failed: {exc!r}")
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def _transition(self, name: str, fn) -> TransitionCallbackReturn:
+        try:
+            fn()
+        except (ConfigureError, ValueError, OSError) as exc:
+            self._transition_error = f"{name} failed: {exc}"
+            self.get_logger().error(self._transition_error)
+            return TransitionCallbackReturn.ERROR
+        except Exception as exc:  # noqa: BLE001 - a bug: report it with the traceback
+            self._transition_error = f"{name} failed: {exc!r}"
+            self.get_logger().error(f"{self._transition_error}\n{traceback.format_exc()}")
+            return TransitionCallbackReturn.ERROR
+        self._transition_error = ""
+        self.get_logger().info(f"lifecycle: {name} done")
+        return TransitionCallbackReturn.SUCCESS
 
     # -- parameters ---------------------------------------------------------------------------
     def _declare_parameters(self) -> NodeConfig:
@@ -188,7 +250,7 @@ class PolicyNode(Node):
         if "latency_window" in changes:
             self._latencies = collections.deque(self._latencies, maxlen=cand.latency_window)
             self._chunk_times = collections.deque(self._chunk_times, maxlen=cand.latency_window)
-        if "control_rate_hz" in changes and hasattr(self, "_control_timer"):
+        if "control_rate_hz" in changes and getattr(self, "_control_timer", None) is not None:
             self._control_timer.timer_period_ns = int(1e9 / cand.control_rate_hz)
             self._control_timer.reset()
 
@@ -212,7 +274,7 @@ class PolicyNode(Node):
             raise ValueError(f"n_execute={n_exec} exceeds the predicted actions available "
                              f"({rt.config.horizon - rt.config.n_obs_steps + 1})")
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- what the transitions do ---------------------------------------------------------------
     def _configure(self) -> None:
         cfg, log = self.cfg, self.get_logger()
         self.runtime = PolicyRuntime(cfg, log=log.warning)
@@ -256,28 +318,24 @@ class PolicyNode(Node):
         for key, topic in zip(rgb_keys, cfg.image_topics):
             conv = ImageConverter(pc.shape_meta.obs[key].shape[1:], max_bytes=max_bytes)
             msg_type = CompressedImage if cfg.compressed_images else Image
-            self.create_subscription(msg_type, topic, lambda m, k=key, c=conv: self._on_image(
-                m, k, c), qos, callback_group=self._inputs)
+            self._entities.append(self.create_subscription(
+                msg_type, topic, lambda m, k=key, c=conv: self._on_image(m, k, c), qos,
+                callback_group=self._inputs))
         if low_keys:
-            self.create_subscription(JointState, cfg.joint_state_topic, self._on_joints, qos,
-                                     callback_group=self._inputs)
-        self.pub_chunk = self.create_publisher(ActionChunk, "~/action_chunk", 10)
-        self.pub_latency = self.create_publisher(InferenceLatency, "~/inference_latency", 10)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.pub_traj = self.create_publisher(JointTrajectory, "~/joint_trajectory", 10) \
-            if cfg.publish_trajectory else None
+            self._entities.append(self.create_subscription(
+                JointState, cfg.joint_state_topic, self._on_joints, qos,
+                callback_group=self._inputs))
+        self.pub_chunk = self._keep(self.create_publisher(ActionChunk, "~/action_chunk", 10))
+        self.pub_latency = self._keep(self.create_publisher(InferenceLatency,
+                                                            "~/inference_latency", 10))
+        self.pub_diag = self._keep(self.create_publisher(DiagnosticArray, "/diagnostics", 10))
+        self.pub_traj = self._keep(self.create_publisher(JointTrajectory, "~/joint_trajectory",
+                                                         10)) if cfg.publish_trajectory else None
         self.pub_cmd = None
         if cfg.command_type == "joint_state":
-            self.pub_cmd = self.create_publisher(JointState, "~/command", 10)
+            self.pub_cmd = self._keep(self.create_publisher(JointState, "~/command", 10))
         elif cfg.command_type == "float64_multi_array":
-            self.pub_cmd = self.create_publisher(Float64MultiArray, "~/command", 10)
-        log.info(f"configured {pc.name} ({self.runtime.policy.fingerprint}) on {cfg.device}, "
-                 f"K={self.runtime.policy.num_inference_steps}, BAC "
-                 f"{'schedule ' + self.runtime.schedule.schedule_id if self.runtime.schedule else 'off'}"
-                 f", inputs {cfg.image_topics[:len(rgb_keys)]} + "
-                 f"{cfg.joint_state_topic if low_keys else '-'}")
-
-    def _activate(self) -> None:
+            self.pub_cmd = self._keep(self.create_publisher(Float64MultiArray, "~/command", 10))
         # Simulation resets and `ros2 bag play --clock` loops move ROS time back (or far
         # ahead): every stamp in the history and every queued action then belongs to another
         # time line. Without a reset, new samples would be "out of order" forever.
@@ -286,18 +344,71 @@ class PolicyNode(Node):
             min_backward=Duration(nanoseconds=-1), on_clock_change=True)
         self._jump_handle = self.get_clock().create_jump_callback(
             threshold, post_callback=self._on_clock_jump)
+        # Diagnostics in every configured state: an inactive node says so.
+        self._keep(self.create_timer(1.0, lambda: self._guarded(
+            "diagnostics_errors", self._publish_diagnostics),
+            callback_group=MutuallyExclusiveCallbackGroup()))
+        log.info(f"configured {pc.name} ({self.runtime.policy.fingerprint}) on {cfg.device}, "
+                 f"K={self.runtime.policy.num_inference_steps}, BAC "
+                 f"{'schedule ' + self.runtime.schedule.schedule_id if self.runtime.schedule else 'off'}"
+                 f", inputs {cfg.image_topics[:len(rgb_keys)]} + "
+                 f"{cfg.joint_state_topic if low_keys else '-'}")
+
+    def _keep(self, entity):
+        self._entities.append(entity)
+        return entity
+
+    def _activate(self) -> None:
+        if self.runtime is None:
+            raise ConfigureError("activate before configure")
         self._control_timer = self.create_timer(
             1.0 / self.cfg.control_rate_hz, self._on_control_tick,
             callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0, lambda: self._guarded("diagnostics_errors",
-                                                     self._publish_diagnostics),
-                          callback_group=MutuallyExclusiveCallbackGroup())
-        self._wake = threading.Event()
+        self._wake.clear()
+        self._stop.clear()
         self._busy = False
-        self._stop = threading.Event()
+        self._active = True
         self._worker = threading.Thread(target=self._worker_loop, name="bac_inference",
                                         daemon=True)
         self._worker.start()
+
+    def _deactivate(self) -> None:
+        """Stop the command stream and the worker; queued actions are dropped, so nothing
+        planned before the pause is ever sent after it."""
+        self._active = False
+        if getattr(self, "_control_timer", None) is not None:
+            self.destroy_timer(self._control_timer)
+            self._control_timer = None
+        self._stop_worker()
+        if hasattr(self, "actions"):
+            self.actions.clear()
+        self._last_trigger_s = -1e9
+        self._serving = False
+
+    def _stop_worker(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)  # an inference in flight finishes (then dropped)
+            self._worker = None
+
+    def _cleanup(self) -> None:
+        """Back to unconfigured: stop everything, destroy what configure made, free the model."""
+        self._deactivate()
+        if getattr(self, "_jump_handle", None) is not None:
+            self._jump_handle.unregister()
+            self._jump_handle = None
+        for e in self._entities:
+            destroy = {"Subscription": self.destroy_subscription,
+                       "Publisher": self.destroy_publisher,
+                       "Timer": self.destroy_timer}.get(type(e).__name__)
+            if destroy is not None:
+                destroy(e)
+        self._entities = []
+        self.pub_cmd = self.pub_traj = None
+        self.runtime = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _on_clock_jump(self, jump) -> None:
         self._timeline += 1  # an inference in flight now belongs to the old time line
@@ -311,9 +422,8 @@ class PolicyNode(Node):
         self.get_logger().warning(self.warning)
 
     def shutdown(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._worker.join(timeout=5.0)
+        self._active = False
+        self._stop_worker()
 
     # -- inputs -------------------------------------------------------------------------------
     def _now_s(self) -> float:
@@ -503,6 +613,9 @@ class PolicyNode(Node):
         self._publish_latency_warning()
 
     def _publish_chunk(self, res, hist, chunk_id: int, cfg: NodeConfig) -> None:
+        if not self._active:  # deactivated during this inference: nothing planned then runs
+            self.counters["dropped_inactive"] += 1
+            return
         pc = self.runtime.config
         dt = pc.control_period_s
         n_exec = min(cfg.n_execute or pc.n_action_steps, len(res.actions))
@@ -591,11 +704,16 @@ class PolicyNode(Node):
         elif recent:
             status.level = DiagnosticStatus.WARN
             status.message = f"{self.warning} (last second: {recent})"
+        elif not self._active:
+            status.level = DiagnosticStatus.OK
+            status.message = (f"{self.lifecycle_state} (lifecycle): configured, not publishing "
+                              "commands; `ros2 lifecycle set <node> activate` to serve")
         else:
             status.level, status.message = DiagnosticStatus.OK, "serving"
             self.warning = ""
         lat = self._latency_msg()
         values = dict(c)
+        values["lifecycle_state"] = self.lifecycle_state
         values.update(total_p50_ms=round(lat.total_p50_ms, 3), total_p99_ms=round(
             lat.total_p99_ms, 3), achieved_rate_hz=round(lat.achieved_rate_hz, 3),
             bac_enabled=self.cfg.bac_enabled and self.runtime.schedule is not None,
@@ -617,7 +735,9 @@ def main(args=None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
+        # The lifecycle 'shutdown' transition (finalized) ends the process, as in rclcpp.
+        while rclpy.ok() and node.lifecycle_state != "finalized":
+            executor.spin_once(timeout_sec=0.5)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -1,7 +1,8 @@
 """Record a small rosbag2 (mcap) of Push-T: camera frames + joint states, real stamps/rates.
 
-The scene is driven by the Push-T expert (``expert.py``), so the motion is a real
-demonstration. Camera: sensor_msgs/msg/Image rgb8 96x96 at ``camera_hz`` (frames rendered at
+The scene is driven by a trained policy in closed loop (``policy=``: what the node itself
+would see and do; the bundled bag comes from the bundled image policy) or by the Push-T
+expert (``expert.py``). Camera: sensor_msgs/msg/Image rgb8 96x96 at ``camera_hz`` (frames rendered at
 every 10 Hz control step, repeated for higher camera rates). Joint states:
 sensor_msgs/msg/JointState at ``joint_hz`` with the agent position (``agent_x``,
 ``agent_y``, pixels, interpolated between control steps) and, for low-dim policies, the 8 T
@@ -21,9 +22,63 @@ CAMERA_TOPIC = "/camera/image_raw"
 JOINT_TOPIC = "/joint_states"
 
 
+class ExpertDriver:
+    """The scripted push expert: one push primitive at a time."""
+
+    def __init__(self, seed: int):
+        self.expert, self.plan = PushExpert(seed), []
+
+    def reset(self) -> None:
+        self.plan = []
+
+    def __call__(self, env, obs) -> np.ndarray:
+        if not self.plan:
+            self.plan = list(self.expert.plan(env))
+        return np.asarray(self.plan.pop(0), dtype=np.float64)
+
+
+class PolicyDriver:
+    """A policy in closed loop, as the node runs it: a chunk from the last n_obs_steps
+    observations, n_action_steps of it executed, then the next chunk (full compute, or a
+    cache schedule). Seeded noise: the same bag for the same seed."""
+
+    def __init__(self, policy, seed: int, schedule=None, n_action_steps: int = 0):
+        import torch
+
+        from bac_ros.bac.cache import ScheduledBlockCache
+
+        self.policy = policy
+        self.cache = None if schedule is None else \
+            ScheduledBlockCache(schedule, policy.model.blocks())
+        self.n_exec = n_action_steps or policy.config.n_action_steps
+        self.gen = torch.Generator().manual_seed(seed)
+        self.hist, self.queue = [], []
+
+    def reset(self) -> None:
+        self.hist, self.queue = [], []
+
+    def __call__(self, env, obs) -> np.ndarray:
+        import torch
+
+        from bac_ros.pusht.eval import _obs_dict
+
+        To = self.policy.config.n_obs_steps
+        self.hist = self.hist[1:] + [obs] if self.hist else [obs] * To
+        if not self.queue:
+            with torch.no_grad():
+                pred = self.policy.predict(_obs_dict([self.hist], self.policy),
+                                           generator=self.gen, cache=self.cache)
+            self.queue = list(pred.action[0, :self.n_exec].astype(np.float64))
+        return self.queue.pop(0)
+
+
 def record_bag(out: str | Path, duration_s: float = 10.0, seed: int = 0, camera_hz: float = 10.0,
-               joint_hz: float = 100.0, start_time_s: float = 1_700_000_000.0) -> Path:
-    """Write a bag directory ``out`` (mcap storage). Deterministic for a seed."""
+               joint_hz: float = 100.0, start_time_s: float = 1_700_000_000.0,
+               driver=None) -> Path:
+    """Write a bag directory ``out`` (mcap storage). Deterministic for a seed.
+
+    ``driver(env, obs) -> action`` (with ``reset()``) moves the agent: a ``PolicyDriver``
+    or, by default, the expert."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -33,20 +88,19 @@ def record_bag(out: str | Path, duration_s: float = 10.0, seed: int = 0, camera_
 
     env = make_env("pixels_agent_pos")
     obs, _ = env.reset(seed=seed)
-    expert = PushExpert(seed)
+    driver = driver if driver is not None else ExpertDriver(seed)
+    driver.reset()
     steps = int(round(duration_s / CONTROL_PERIOD_S))
-    frames, agent, keypoints, plan = [], [], [], []
+    frames, agent, keypoints = [], [], []
     for _ in range(steps):
         frames.append(obs["pixels"].copy())
         agent.append(np.asarray(obs["agent_pos"], dtype=np.float64))
         u = env.unwrapped
         keypoints.append(u.get_keypoints(u._block_shapes).flatten().astype(np.float64))
-        if not plan:
-            plan = list(expert.plan(env))
-        obs, _, terminated, *_ = env.step(np.asarray(plan.pop(0), dtype=np.float64))
+        obs, _, terminated, *_ = env.step(driver(env, obs))
         if terminated:  # solved: start the next episode, as a robot would be reset
             obs, _ = env.reset(seed=seed + len(frames))
-            plan = []
+            driver.reset()
     env.close()
     agent = np.array(agent)
 

@@ -61,19 +61,33 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 42
     device: str = "cpu"
+    # image policies: "resnet18" (diffusion_policy's recipe) or "conv" (a small CPU-sized
+    # trunk whose 16 features are first trained to regress the T's keypoints, see below)
+    encoder: str = "resnet18"
+    encoder_steps: int = 3000  # "conv": supervised keypoint pre-training steps (batch 128)
+    # "conv": start the transformer, action and agent-position normalizers from this low-dim
+    # policy (its keypoint input is what the pre-trained encoder regresses); "" = scratch
+    init_from: str = ""
     # learning curve: closed-loop coverage of the EMA policy every eval_every steps (0 = off)
     eval_every: int = 0
     eval_episodes: int = 20
     eval_n_action_steps: int = 0  # 0 = n_action_steps
 
     def __post_init__(self) -> None:
-        if self.num_steps < 1 or self.batch_size < 1:
-            raise ValueError("num_steps and batch_size must be >= 1.")
+        if self.num_steps < 0 or self.batch_size < 1:
+            raise ValueError("num_steps must be >= 0 (0: only the pre-trained / initial "
+                             "policy is saved) and batch_size >= 1.")
         if self.obs not in OBS_TYPES:
             raise ValueError(f"`obs` must be one of {OBS_TYPES}. Got {self.obs!r}.")
         if self.eval_every < 0 or self.eval_episodes < 1 or self.eval_n_action_steps < 0:
             raise ValueError("`eval_every` >= 0, `eval_episodes` >= 1 and "
                              "`eval_n_action_steps` >= 0 are required.")
+        if self.encoder not in ("resnet18", "conv"):
+            raise ValueError(f"`encoder` must be 'resnet18' or 'conv'. Got {self.encoder!r}.")
+        if self.encoder_steps < 0:
+            raise ValueError(f"`encoder_steps` must be >= 0. Got {self.encoder_steps}.")
+        if self.init_from and (self.obs != "image" or self.encoder != "conv"):
+            raise ValueError("`init_from` applies to `--obs image --encoder conv` only.")
         if self.max_episodes < 0:
             raise ValueError(f"`max_episodes` must be >= 0. Got {self.max_episodes}.")
         if self.horizon == 0:
@@ -128,10 +142,14 @@ class ImageSequences(LowDimSequences):
             raise ValueError(f"{frames_cache} holds {len(self.frames)} frames but the demos "
                              f"need {len(self.obs)}; delete it to re-render")
 
+    cond: torch.Tensor | None = None  # a frozen encoder's features per frame (N, cond_dim)
+
     def __getitem__(self, k: int) -> dict:
         i, s, e = self.index[k]
         idx = np.clip(np.arange(i, i + self.horizon), s, e - 1)
         o = idx[: self.n_obs_steps]
+        if self.cond is not None:
+            return {"cond": self.cond[o], "action": torch.from_numpy(self.actions[idx])}
         img = torch.from_numpy(self.frames[o]).permute(0, 3, 1, 2).float() / 255.0
         return {"obs": {"image": img, "agent_pos": torch.from_numpy(self.obs[o, 16:18])},
                 "action": torch.from_numpy(self.actions[idx])}
@@ -200,7 +218,14 @@ def build_policy(cfg: TrainConfig, data: LowDimSequences) -> DiffusionPolicy:
 
 
 def _build_image_policy(cfg: TrainConfig, data: LowDimSequences) -> DiffusionPolicy:
-    enc = ObsEncoderConfig(crop_shape=(84, 84))  # robomimic / diffusion_policy defaults
+    if cfg.encoder == "conv":
+        # 16 signed features = the T's 8 keypoints once pre-trained; no crop: the frames come
+        # from the same renderer at train and test time and a crop would hide where the T is
+        # relative to the (fixed) goal.
+        enc = ObsEncoderConfig(crop_shape=None, backbone="conv", conv_channels=(32, 64, 64),
+                               num_keypoints=32, feature_dim=16, feature_activation="none")
+    else:
+        enc = ObsEncoderConfig(crop_shape=(84, 84))  # robomimic / diffusion_policy defaults
     pc = PolicyConfig(
         shape_meta=ShapeMeta(obs={"image": {"shape": [3, 96, 96], "type": "rgb"},
                                   "agent_pos": {"shape": [2], "type": "low_dim"}},
@@ -219,7 +244,95 @@ def _build_image_policy(cfg: TrainConfig, data: LowDimSequences) -> DiffusionPol
     policy.normalizer.set_field("image", image_range_params())
     policy.normalizer.fit_field("agent_pos", data.obs[:, 16:18])
     policy.normalizer.fit_field("action", data.actions)
+    if cfg.init_from:
+        _init_from_lowdim(policy, cfg.init_from)
     return policy
+
+
+def _init_from_lowdim(policy: DiffusionPolicy, path: str) -> None:
+    """Copy a low-dim Push-T policy's transformer and normalizers (action, agent_pos) into an
+    image policy whose encoder yields the keypoints' normalized values: the composite is a
+    working image policy before any diffusion training."""
+    from bac_ros.engine.checkpoint import load_policy
+
+    src = load_policy(path)
+    t_src, t_dst = src.config.transformer, policy.config.transformer
+    same = ("horizon", "n_obs_steps", "cond_dim", "n_layer", "n_head", "n_emb",
+            "causal_attn", "time_as_cond", "n_cond_layers")
+    diff = {k: (getattr(t_src, k), getattr(t_dst, k)) for k in same
+            if getattr(t_src, k) != getattr(t_dst, k)}
+    if diff or list(src.config.shape_meta.obs) != ["keypoints", "agent_pos"]:
+        raise ValueError(f"--init-from {path}: not a Push-T low-dim policy with this "
+                         f"transformer (differs in {diff}); pass --horizon/--n-emb/... to match")
+    policy.model.load_state_dict({k: v.float() for k, v in src.model.state_dict().items()})
+    for key in ("action", "agent_pos", "keypoints"):
+        policy.normalizer.set_field(key, _copy_field(src.normalizer, key))
+
+
+def _copy_field(normalizer, key: str):
+    from bac_ros.engine.normalizer import _params
+
+    p = normalizer.params_dict[key]
+    return _params(p["scale"].detach().float(), p["offset"].detach().float(),
+                   {k: v.detach().float() for k, v in p["input_stats"].items()})
+
+
+def pretrain_keypoint_encoder(cfg: TrainConfig, data: ImageSequences, policy: DiffusionPolicy,
+                              out: Path, progress: bool = True) -> dict:
+    """Supervised pre-training of the image encoder: frame -> the T's 8 keypoints (normalized
+    as the low-dim policy sees them). The simulator knows where the T is, so the encoder gets
+    a direct target instead of learning localisation from the denoising loss alone (which
+    needs far more steps than a CPU can give). The first 10 episodes (fewer for small sets) are
+    held out to report the error in pixels. Cached in OUT/encoder_pretrain.pt (a resumed run skips it)."""
+    from diffusers.optimization import get_scheduler
+
+    cache = out / "encoder_pretrain.pt"
+    enc = policy.obs_encoder.obs_nets["image"]
+    if cache.exists():
+        st = torch.load(cache, weights_only=True)
+        enc.load_state_dict(st["encoder"])
+        return st["metrics"]
+    if "keypoints" not in policy.normalizer.params_dict:
+        policy.normalizer.fit_field("keypoints", data.obs[:, :16])
+    kp = policy.normalizer.normalize("keypoints", torch.from_numpy(data.obs[:, :16]))
+    n_val = int(data.episode_ends[max(1, min(10, len(data.episode_ends) // 10)) - 1])
+    train_idx = np.arange(n_val, len(data.obs))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(enc.parameters(), lr=1e-3, weight_decay=1e-6)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=100,
+                          num_training_steps=cfg.encoder_steps)
+
+    def frames(idx):
+        x = torch.from_numpy(data.frames[idx]).permute(0, 3, 1, 2).float() / 255.0
+        return policy.normalizer.normalize("image", x)
+
+    enc.train()
+    bar = tqdm(range(cfg.encoder_steps), desc="encoder", disable=not progress)
+    losses = []
+    for _ in bar:
+        idx = train_idx[torch.randint(0, len(train_idx), (128,), generator=gen).numpy()]
+        loss = torch.nn.functional.mse_loss(enc(frames(idx)), kp[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.5f}")
+    enc.eval()
+    with torch.no_grad():
+        pred = torch.cat([enc(frames(np.arange(i, min(i + 512, n_val))))
+                          for i in range(0, n_val, 512)])
+    err_px = (policy.normalizer.unnormalize("keypoints", pred).numpy()
+              - data.obs[:n_val, :16]).reshape(n_val, 8, 2)
+    dist = np.linalg.norm(err_px, axis=-1)
+    metrics = {"encoder_steps": cfg.encoder_steps,
+               "initial_loss": float(np.mean(losses[:10])) if losses else None,
+               "final_loss": float(np.mean(losses[-100:])) if losses else None,
+               "heldout_frames": n_val, "heldout_keypoint_error_px_mean": float(dist.mean()),
+               "heldout_keypoint_error_px_p95": float(np.percentile(dist, 95))}
+    torch.save({"encoder": enc.state_dict(), "metrics": metrics}, cache)
+    atomic_write_text(out / "encoder_pretrain.json", json.dumps(metrics, indent=1))
+    return metrics
 
 
 def _optim_groups(policy: DiffusionPolicy, cfg: TrainConfig) -> list[dict]:
@@ -247,10 +360,17 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
         raise ValueError(f"only {len(data)} training windows for batch_size {cfg.batch_size}: "
                          "lower --batch-size or use more episodes")
     policy = build_policy(cfg, data).to(cfg.device).train()
+    encoder_metrics = None
+    if cfg.obs == "image" and cfg.encoder == "conv":
+        encoder_metrics = pretrain_keypoint_encoder(cfg, data, policy, out, progress)
+        # Frozen from here on: the denoiser trains on the features the robot will see, and
+        # they are computed once (no crop, no augmentation) instead of every step.
+        policy.obs_encoder.requires_grad_(False)
+        data.cond = _precompute_condition(policy, data)
     ema_policy = copy.deepcopy(policy).eval()
     opt = torch.optim.AdamW(_optim_groups(policy, cfg), lr=cfg.lr, betas=(0.9, 0.95))
     sched = get_scheduler("cosine", opt, num_warmup_steps=cfg.warmup_steps,
-                          num_training_steps=cfg.num_steps)
+                          num_training_steps=max(1, cfg.num_steps))
     ema = EMAModel(policy.parameters(), decay=0.9999, min_decay=0.0, use_ema_warmup=True,
                    inv_gamma=1.0, power=0.75)
     state_path = out / "train_state.pt"
@@ -287,8 +407,34 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
             if step >= cfg.num_steps:
                 break
     bar.close()
-    return {"steps": step, "final_loss": float(np.mean(losses[-100:])),
-            "seconds": round(time.time() - t0, 1), "out": str(out)}
+    if cfg.num_steps == 0:  # the initial policy (e.g. a pre-trained encoder + --init-from)
+        _save_initial(cfg, out, policy)
+    summary = {"steps": step, "final_loss": float(np.mean(losses[-100:])) if losses else None,
+               "seconds": round(time.time() - t0, 1), "out": str(out)}
+    if encoder_metrics:
+        summary["encoder"] = encoder_metrics
+    return summary
+
+
+def _precompute_condition(policy: DiffusionPolicy, data: ImageSequences) -> torch.Tensor:
+    """The frozen encoder's features for every demo frame, plus agent_pos: (N, cond_dim)."""
+    enc = policy.obs_encoder.eval()
+    with torch.no_grad():
+        feats = []
+        for i in range(0, len(data.obs), 512):
+            img = torch.from_numpy(data.frames[i:i + 512]).permute(0, 3, 1, 2).float() / 255.0
+            pos = torch.from_numpy(data.obs[i:i + 512, 16:18])
+            nobs = {"image": policy.normalizer.normalize("image", img),
+                    "agent_pos": policy.normalizer.normalize("agent_pos", pos)}
+            feats.append(enc(nobs))
+    return torch.cat(feats)
+
+
+def _save_initial(cfg: TrainConfig, out: Path, policy: DiffusionPolicy) -> None:
+    policy.eval()
+    policy.fingerprint = fingerprint_policy(policy)
+    save_policy(policy, out / "policy.safetensors")
+    atomic_write_text(out / "train_config.json", json.dumps(asdict(cfg), indent=2))
 
 
 def _save(cfg, out, policy, ema, ema_policy, opt, sched, step, losses, state_path):
@@ -300,8 +446,9 @@ def _save(cfg, out, policy, ema, ema_policy, opt, sched, step, losses, state_pat
     ema_policy.eval()
     ema_policy.fingerprint = fingerprint_policy(ema_policy)
     save_policy(ema_policy, out / "policy.safetensors")
-    save_dp_checkpoint(ema_policy, out / "policy.ckpt", model_state=policy.state_dict(),
-                       optimizer_state=opt.state_dict())
+    if cfg.encoder != "conv":  # diffusion_policy has no such encoder: no .ckpt to write
+        save_dp_checkpoint(ema_policy, out / "policy.ckpt", model_state=policy.state_dict(),
+                           optimizer_state=opt.state_dict())
     buf = io.BytesIO()
     torch.save({"policy": policy.state_dict(), "optimizer": opt.state_dict(),
                 "lr_scheduler": sched.state_dict(), "ema": ema.state_dict(), "step": step,

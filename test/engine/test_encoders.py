@@ -65,3 +65,28 @@ def test_eval_crop_is_centred_and_deterministic():
            "cam_wrist": torch.rand(2, 3, 40, 40)}
     with torch.no_grad():
         assert torch.equal(enc(obs), enc(obs))
+
+
+def test_small_conv_backbone_signed_features_and_validation():
+    """backbone="conv": a few stride-2/1 conv + GroupNorm layers, spatial softmax on a 1/4
+    resolution map, features kept signed with feature_activation="none"; bad names refused."""
+    import pytest
+
+    meta = ShapeMeta(obs={"image": {"shape": [3, 96, 96], "type": "rgb"}}, action_shape=[2])
+    cfg = ObsEncoderConfig(crop_shape=None, backbone="conv", conv_channels=(8, 16, 16),
+                           num_keypoints=4, feature_dim=6, feature_activation="none")
+    enc = ObservationEncoder(meta, cfg).eval()
+    core = enc.obs_nets["image"]
+    assert core.pool._in_h == 24 and core.pool._in_w == 24
+    assert isinstance(core.backbone.nets[1], nn.GroupNorm)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = enc({"image": torch.rand(5, 3, 96, 96) * 2 - 1})
+    assert out.shape == (5, 6) and (out < 0).any()  # no ReLU on the features
+    assert sum(p.numel() for p in enc.parameters()) < 10_000
+    with pytest.raises(ValueError, match="backbone"):
+        ObsEncoderConfig(backbone="vit")
+    with pytest.raises(ValueError, match="feature_activation"):
+        ObsEncoderConfig(feature_activation="gelu")
+    with pytest.raises(ValueError, match="conv_channels"):
+        ObsEncoderConfig(conv_channels=(8, 0))

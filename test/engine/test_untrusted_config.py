@@ -77,12 +77,15 @@ def test_unresolvable_needed_field_names_the_problem(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("horizon", 8_000_000), ("n_layer", 100_000),
-                                          ("num_train_timesteps", 1_000_000_000)])
+                                          ("num_train_timesteps", 1_000_000_000),
+                                          ("num_keypoints", 10_000_000),
+                                          ("conv_channels", [32, 5_000_000])])
 def test_hostile_sizes_in_safetensors_are_refused(tmp_path, field, value):
     """Config values that would allocate gigabytes or hang are refused before allocation."""
     from safetensors.torch import load_file, save_file
 
-    p = make_tiny_policy("lowdim", num_inference_steps=4)
+    image = field in ("num_keypoints", "conv_channels")
+    p = make_tiny_policy("image" if image else "lowdim", num_inference_steps=4)
     path = save_policy(p, tmp_path / "p.safetensors")
     from safetensors import safe_open
 
@@ -90,7 +93,8 @@ def test_hostile_sizes_in_safetensors_are_refused(tmp_path, field, value):
         meta = dict(f.metadata())
     key = next(k for k in meta if "config" in k)
     cfg = json.loads(meta[key])
-    for section in (cfg, cfg.get("transformer", {}), cfg.get("scheduler", {})):
+    for section in (cfg, cfg.get("transformer", {}), cfg.get("scheduler", {}),
+                    cfg.get("obs_encoder") or {}):
         if field in section:
             section[field] = value
     meta[key] = json.dumps(cfg)

@@ -146,7 +146,7 @@ def test_policy_yaml_matches_node_config_defaults():
 
     path = Path(__file__).resolve().parents[2] / "config" / "policy.yaml"
     params = yaml.safe_load(path.read_text())["bac_policy"]["ros__parameters"]
-    launch_args = {"checkpoint", "schedule", "device", "dtype"}  # set by the launch file
+    launch_args = {"checkpoint", "schedule", "device", "dtype", "autostart"}  # launch sets them
     for name, _, default, _, _ in parameter_table():
         if name in launch_args or default == []:
             assert name not in params, f"{name} is set by launch / left empty by design"

@@ -171,3 +171,41 @@ def test_train_image_policy_few_steps(tmp_path):
     assert p.config.obs_encoder.crop_shape == (84, 84)
     q = load_policy(tmp_path / "img" / "policy.ckpt", allow_pickle=True)
     assert q.fingerprint == p.fingerprint
+
+
+def test_conv_image_policy_from_lowdim(tmp_path):
+    """`--obs image --encoder conv --init-from LOWDIM`: the small encoder is pre-trained to
+    regress the T keypoints (its loss falls; held-out pixel error reported), the transformer
+    and normalizers are the low-dim policy's, then the denoiser fine-tunes with the encoder
+    frozen; the result saves, reloads and predicts from a camera frame."""
+    import torch
+
+    from bac_ros.pusht.train import TrainConfig, train
+
+    low = make_tiny_policy("lowdim", n_layer=2, n_emb=32)
+    save_policy(low, tmp_path / "low.safetensors")
+    cfg = TrainConfig(demos=str(DEMOS), out=str(tmp_path / "img"), obs="image", encoder="conv",
+                      init_from=str(tmp_path / "low.safetensors"), encoder_steps=40,
+                      num_steps=0, frames_cache=str(tmp_path / "frames.npz"), max_episodes=3,
+                      horizon=16, n_layer=2, n_emb=32, batch_size=8, warmup_steps=1)
+    s = train(cfg, progress=False)
+    enc = s["encoder"]
+    assert enc["final_loss"] < enc["initial_loss"] and enc["heldout_keypoint_error_px_mean"] > 0
+    p = load_policy(tmp_path / "img" / "policy.safetensors")
+    assert p.config.obs_encoder.backbone == "conv" and p.config.obs_encoder.crop_shape is None
+    for k, v in low.model.state_dict().items():
+        assert torch.equal(p.model.state_dict()[k], v), k
+    assert torch.equal(p.normalizer.params_dict["action"]["scale"],
+                       low.normalizer.params_dict["action"]["scale"])
+    frozen = {k: v.clone() for k, v in p.obs_encoder.state_dict().items()}
+    cfg.num_steps = 3  # resume: the pre-trained encoder is reused, the denoiser trains
+    s2 = train(cfg, progress=False)
+    assert s2["steps"] == 3 and np.isfinite(s2["final_loss"]) and s2["encoder"] == enc
+    q = load_policy(tmp_path / "img" / "policy.safetensors")
+    for k, v in frozen.items():
+        assert torch.equal(q.obs_encoder.state_dict()[k], v), k
+    assert not torch.equal(q.model.state_dict()["head.weight"], low.model.state_dict()["head.weight"])
+    obs = {"image": np.random.default_rng(0).random((1, 2, 3, 96, 96), dtype=np.float32),
+           "agent_pos": np.full((1, 2, 2), 256.0, np.float32)}
+    out = q.predict(obs, generator=torch.Generator().manual_seed(0))
+    assert out.action.shape == (1, 8, 2) and np.isfinite(out.action).all()
