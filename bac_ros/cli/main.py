@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("convert", "calibrate", "bench", "eval", "train", "replay", "play", "soak")
+SUBCOMMANDS = ("convert", "calibrate", "bench", "eval", "train", "replay", "play", "record",
+               "soak")
 
 
 def build_parser() -> argparse.ArgumentParser:
