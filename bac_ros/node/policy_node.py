@@ -724,7 +724,25 @@ class PolicyNode(LifecycleNode):
         self.pub_diag.publish(arr)
 
 
+def print_help() -> None:
+    from bac_ros.node.params import parameter_table
+
+    print("usage: policy_node [--help] [--ros-args -p NAME:=VALUE ...]\n\n"
+          "The bac_ros policy node (a lifecycle node): camera images + joint states in, action "
+          "chunks,\na control-rate command stream and latency reports out. Parameters (ro = "
+          "set at start):")
+    for name, _, default, read_only, desc in parameter_table():
+        print(f"  {name} ({default!r}{', ro' if read_only else ''}): {desc}")
+
+
 def main(args=None) -> int:
+    import sys
+
+    from rclpy.utilities import remove_ros_args
+
+    if {"-h", "--help"} & set(remove_ros_args(args if args is not None else sys.argv)[1:]):
+        print_help()
+        return 0
     rclpy.init(args=args)
     try:
         node = PolicyNode()
