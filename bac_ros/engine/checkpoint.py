@@ -125,6 +125,55 @@ def _load_safetensors(path: Path) -> tuple[PolicyConfig, dict[str, torch.Tensor]
 
 
 # -- diffusion_policy .ckpt ---------------------------------------------------------------------
+def check_archive(path: Path, allow_legacy: bool = False) -> None:
+    """Refuse a .ckpt container that could hang or exhaust memory before any pickle runs.
+
+    torch.save has written zip archives of STORED (uncompressed) records since torch 1.6, and
+    diffusion_policy checkpoints are such archives. So: a compressed record (a zip bomb: a
+    200 KB file declaring gigabytes) or records larger in total than the file are refused, and
+    so is the legacy (pre-1.6) format, whose tar variant can hold a FIFO that blocks the
+    reader forever and whose storages are allocated at their declared size before being
+    read (unless the user vouches for the file: --allow-pickle)."""
+    import tarfile
+    import zipfile
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file (a pipe or device would block the "
+                              "reader); copy the checkpoint to a file first.")
+    size = path.stat().st_size
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                infos = zf.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: damaged zip archive ({exc}).") from exc
+        packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise CheckpointError(f"{path}: compressed records {packed[:3]} (torch.save never "
+                                  "compresses; a compressed record can expand to gigabytes). "
+                                  "Re-save the checkpoint with torch.save.")
+        total = sum(i.file_size for i in infos)
+        if total > size:
+            raise CheckpointError(f"{path}: its records declare {total} bytes in a "
+                                  f"{size}-byte file; the archive is damaged or hostile.")
+        return
+    if tarfile.is_tarfile(path):  # the legacy tar variant: regular members only, even trusted
+        try:
+            with tarfile.open(path) as tf:
+                odd = [m.name for m in tf.getmembers() if not m.isreg()]
+        except (tarfile.TarError, OSError) as exc:
+            raise CheckpointError(f"{path}: damaged tar archive ({exc}).") from exc
+        if odd:
+            raise CheckpointError(f"{path}: tar members {odd[:3]} are not regular files (a FIFO "
+                                  "blocks the reader forever); refusing to read it.")
+    if not allow_legacy:
+        raise CheckpointError(
+            f"{path}: not a zip archive (torch >= 1.6 format). The legacy torch format is not "
+            "read without --allow-pickle / allow_pickle_checkpoint (it allocates storages at "
+            "their declared size and its tar variant can block): re-save it with a current "
+            "torch on a machine where you trust it, or convert it with `bac convert`.")
+
+
 def read_dp_payload(path: Path, allow_pickle: bool) -> dict:
     """Read a diffusion_policy payload; full pickle (arbitrary code) only with allow_pickle.
 
@@ -135,6 +184,7 @@ def read_dp_payload(path: Path, allow_pickle: bool) -> dict:
     """
     from bac_ros.engine.safe_unpickle import restricted_pickle_module
 
+    check_archive(path, allow_legacy=allow_pickle)
     try:
         return torch.load(path, map_location="cpu", weights_only=False,
                           pickle_module=restricted_pickle_module)

@@ -88,10 +88,42 @@ def _dill_load_type(name: str) -> type:
     )
 
 
+# Allow-listed callables that allocate from a small argument: bytes(10**10), bytearray(n) and
+# list(range(10**10)) turn a few bytes of pickle into gigabytes. Plain checkpoint data never
+# needs sizes like these (tensors come from the archive's records, not from builtins).
+MAX_BUILTIN_ALLOC = 1 << 26
+
+
+class _SizedRange:
+    def __new__(cls, *args: Any) -> range:
+        r = range(*args)
+        if len(r) > MAX_BUILTIN_ALLOC:
+            raise pickle.UnpicklingError(f"checkpoint builds a range of {len(r)} items (a "
+                                         "memory bomb), which the restricted loader refuses.")
+        return r
+
+
+def _sized(kind: type) -> type:
+    class Sized:
+        def __new__(cls, *args: Any) -> Any:
+            if args and isinstance(args[0], int) and not isinstance(args[0], bool) and \
+                    args[0] > MAX_BUILTIN_ALLOC:
+                raise pickle.UnpicklingError(f"checkpoint allocates {kind.__name__}({args[0]}) "
+                                             "(a memory bomb), which the restricted loader "
+                                             "refuses.")
+            return kind(*args)
+    return Sized
+
+
+_GUARDED = {"range": _SizedRange, "bytes": _sized(bytes), "bytearray": _sized(bytearray)}
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` whose ``find_class`` only resolves allow-listed globals."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if module in ("builtins", "__builtin__") and name in _GUARDED:
+            return _GUARDED[name]
         if module.split(".")[0] in OPAQUE_MODULE_PREFIXES:
             return _opaque_class(module, name)
         if name in OMEGACONF_CLASSES.get(module, ()):

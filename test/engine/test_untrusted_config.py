@@ -130,3 +130,58 @@ def test_malformed_safetensors_refused_with_the_file_named(tmp_path, edit):
     save_file(weights, str(path), metadata=meta)
     with pytest.raises(CheckpointError, match="p.safetensors|duplicate"):
         load_policy(path)
+
+
+class _Reduce:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("bomb", ["bytes", "bytearray", "compressed", "legacy", "fifo_file",
+                                  "tar_fifo"])
+def test_container_and_allocation_bombs_are_refused(tmp_path, bomb):
+    """Issue 17: a few KB that would allocate gigabytes (bytes(10**10), a compressed record) or
+    block forever (a FIFO, a tar member that is a FIFO) are refused before they act; the legacy
+    torch format needs --allow-pickle."""
+    import io
+    import os
+    import tarfile
+    import zipfile
+
+    from bac_ros.engine.checkpoint import read_dp_payload
+
+    path = tmp_path / "p.ckpt"
+    if bomb in ("bytes", "bytearray"):
+        alloc = {"bytes": bytes, "bytearray": bytearray}[bomb]
+        torch.save({"cfg": {}, "x": _Reduce(alloc, (10**10,))}, path)
+        match = "memory bomb"
+    elif bomb == "compressed":
+        torch.save({"cfg": {}}, path)
+        with zipfile.ZipFile(path) as z:
+            items = [(i.filename, z.read(i.filename)) for i in z.infolist()]
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name, data in items:
+                z.writestr(name, data)
+        match = "compressed records"
+    elif bomb == "legacy":
+        torch.save({"cfg": {}, "state_dicts": {}}, path, _use_new_zipfile_serialization=False)
+        assert read_dp_payload(path, allow_pickle=True)["cfg"] == {}  # trusted: still readable
+        match = "not a zip archive"
+    elif bomb == "fifo_file":
+        os.mkfifo(path)
+        match = "not a regular file"
+    else:
+        with tarfile.open(path, "w") as tf:
+            info = tarfile.TarInfo("storages")
+            info.type = tarfile.FIFOTYPE
+            tf.addfile(info)
+            data = b"x" * 10
+            reg = tarfile.TarInfo("sys_info")
+            reg.size = len(data)
+            tf.addfile(reg, io.BytesIO(data))
+        match = "not regular files"
+    with pytest.raises(CheckpointError, match=match):
+        read_dp_payload(path, allow_pickle=bomb == "tar_fifo")
