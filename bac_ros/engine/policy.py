@@ -149,8 +149,16 @@ class DiffusionPolicy(nn.Module):
         cache: Optional[BlockCache] = None,
         observer=None,
         generator: Optional[torch.Generator] = None,
+        inpaint: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
-        """Run the K-step denoising loop from ``noise`` (B, horizon, Da); normalized actions."""
+        """Run the K-step denoising loop from ``noise`` (B, horizon, Da); normalized actions.
+
+        ``inpaint=(known, mask)``: normalized actions (B, horizon, Da) and a (B, horizon) bool
+        mask of the slots that are fixed (real-time chunking: the actions that will execute
+        while this chunk is computed). After every step the masked slots are replaced by
+        ``known`` noised to the next step's level (exactly ``known`` after the last step), so
+        the free slots are denoised in agreement with them (inpainting, training-free; works
+        with cached execution, which only changes how eps is computed)."""
         sample = noise
         if cache is not None:
             cache.reset()
@@ -158,13 +166,40 @@ class DiffusionPolicy(nn.Module):
         # One host->device copy per chunk instead of one per step; the scheduler keeps the
         # CPU value (its tables live on the CPU).
         timesteps_dev = timesteps.to(sample.device)
+        if inpaint is not None:
+            known, mask = inpaint[0].to(sample), inpaint[1].to(sample.device)[..., None]
+            sample = torch.where(mask, self._noised(known, timesteps[0], generator), sample)
         for k, t in enumerate(timesteps):
             if cache is not None:
                 cache.set_step(k)
             step_obs = None if observer is None else (lambda b, d, k=k: observer(k, b, d))
             eps = self.model(sample, timesteps_dev[k], cond, cache=cache, observer=step_obs)
             sample = self.scheduler.step(eps, t, sample, generator=generator).prev_sample
+            if inpaint is not None:
+                fixed = known if k + 1 == len(timesteps) else \
+                    self._noised(known, timesteps[k + 1], generator)
+                sample = torch.where(mask, fixed, sample)
         return sample
+
+    def _noised(self, x0: torch.Tensor, t: torch.Tensor, generator) -> torch.Tensor:
+        """``x0`` diffused to timestep ``t`` (the forward process the scheduler trained on)."""
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        return self.scheduler.add_noise(x0, noise, t.reshape(1).to(x0.device))
+
+    def inpaint_target(self, actions: np.ndarray, mask: np.ndarray
+                       ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(robot-unit actions, mask) -> ``denoise``'s ``inpaint`` (None if nothing is fixed)."""
+        want = (self.config.horizon, self.config.shape_meta.action_dim)
+        actions, mask = np.asarray(actions, np.float32), np.asarray(mask, bool)
+        if actions.shape[1:] != want or mask.shape != actions.shape[:2]:
+            raise ValueError(f"fixed actions must be (B, {want[0]}, {want[1]}) with a (B, "
+                             f"{want[0]}) mask. Got {actions.shape} and {mask.shape}.")
+        if not mask.any():
+            return None
+        if not np.isfinite(actions[mask]).all():
+            raise ValueError("fixed actions contain NaN/inf")
+        known = self.normalizer.normalize("action", torch.from_numpy(actions).to(self.device))
+        return known, torch.from_numpy(mask).to(self.device)
 
     def make_noise(self, batch: int, generator: Optional[torch.Generator] = None):
         shape = (batch, self.config.horizon, self.config.shape_meta.action_dim)
@@ -178,18 +213,22 @@ class DiffusionPolicy(nn.Module):
         noise: Optional[torch.Tensor] = None,
         cache: Optional[BlockCache] = None,
         num_inference_steps: Optional[int] = None,
+        fixed_actions: Optional[tuple[np.ndarray, np.ndarray]] = None,
     ) -> ActionPrediction:
         """Predict an action chunk. Same ``noise`` and ``generator`` seed -> same actions.
 
         With ``noise`` but no ``generator``, the per-step DDPM noise is drawn from a
         generator seeded with 0, so caller-supplied noise alone is deterministic.
-        ``num_inference_steps`` applies to this call only.
+        ``num_inference_steps`` applies to this call only. ``fixed_actions=(actions, mask)``:
+        (B, horizon, Da) actions in robot units and a (B, horizon) bool mask of the slots the
+        chunk must keep (real-time chunking; see ``denoise``).
         """
         previous = self.num_inference_steps
         if num_inference_steps is not None and num_inference_steps != previous:
             self.set_num_inference_steps(num_inference_steps)
             try:  # a per-call K; the policy's own K is restored afterwards
-                return self.predict(obs, generator=generator, noise=noise, cache=cache)
+                return self.predict(obs, generator=generator, noise=noise, cache=cache,
+                                    fixed_actions=fixed_actions)
             finally:
                 self.set_num_inference_steps(previous)
         cond = self.encode_condition(obs)
@@ -203,7 +242,8 @@ class DiffusionPolicy(nn.Module):
             noise = noise.to(self.device, torch.float32)
             if generator is None:
                 generator = torch.Generator().manual_seed(0)
-        naction = self.denoise(cond, noise, cache=cache, generator=generator)
+        inpaint = None if fixed_actions is None else self.inpaint_target(*fixed_actions)
+        naction = self.denoise(cond, noise, cache=cache, generator=generator, inpaint=inpaint)
         action_pred = self.normalizer.unnormalize("action", naction)
         start = self.config.n_obs_steps - 1
         action = action_pred[:, start:start + self.config.n_action_steps]

@@ -6,7 +6,10 @@ control tick the stream asks for the action due now:
 - ``replace``: the newest chunk wins from its first not-yet-due action;
 - ``temporal_ensemble``: ACT's exponentially weighted average over every chunk that
   has an action for this slot, w_i = exp(-m * i) with i = 0 the oldest chunk;
-- ``blend``: linear cross-fade from the previous chunk to the new one over k ticks.
+- ``blend``: linear cross-fade from the previous chunk to the new one over k ticks;
+- ``rtc``: real-time chunking (Black et al. 2025): the new chunk is computed with the actions
+  the stream will send while it is being computed fixed to the current ones (inpainting, see
+  ``DiffusionPolicy.denoise``), so it continues them; played back as ``replace``.
 
 Actions whose time has passed are never executed late: a tick maps to the slot
 ``round((now - t0) / dt)``; slots beyond a chunk's executed length are exhausted.
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MODES = ("replace", "temporal_ensemble", "blend")
+MODES = ("replace", "temporal_ensemble", "blend", "rtc")
 
 
 @dataclass
@@ -78,6 +81,24 @@ class ActionScheduler:
         with self._lock:
             return self._chunks[-1].end_s if self._chunks else None
 
+    def planned(self, t0_s: float, dt_s: float, n: int, until_s: float
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+        """What the stream will send at t0 + j*dt for the n slots (RTC's frozen prefix): (n, Da)
+        actions and an (n,) mask, True where a slot is due before ``until_s`` and an action is
+        planned for it; None without a chunk."""
+        acts, mask = None, np.zeros(n, bool)
+        for j in range(n):
+            t = t0_s + j * dt_s
+            if t > until_s:
+                break
+            due = self.action_at(t)
+            if due is None:
+                continue
+            if acts is None:
+                acts = np.zeros((n, len(due[0])), np.float32)
+            acts[j], mask[j] = due[0], True
+        return None if acts is None else (acts, mask)
+
     def action_at(self, now_s: float) -> tuple[np.ndarray, int] | None:
         """(action due now, chunk id it mainly comes from), or None: hold."""
         with self._lock:
@@ -86,7 +107,7 @@ class ActionScheduler:
             if not live:
                 return None
             newest, j = live[-1]
-            if self.mode == "replace" or len(live) == 1:
+            if self.mode in ("replace", "rtc") or len(live) == 1:
                 return newest.actions[j], newest.chunk_id
             if self.mode == "temporal_ensemble":
                 w = np.exp(-self.ensemble_decay * np.arange(len(live)))

@@ -91,7 +91,8 @@ class NodeConfig:
         "fixed replanning rate instead of the latency / remaining trigger (0 = off)", False,
         0.0, 1000.0))
     handover: str = field(default="replace", metadata=meta(
-        "chunk hand-over: replace, temporal_ensemble or blend"))
+        "chunk hand-over: replace, temporal_ensemble, blend or rtc (real-time chunking: the "
+        "actions due while a chunk is computed are fixed in it by inpainting)"))
     ensemble_decay: float = field(default=0.01, metadata=meta(
         "temporal_ensemble weight decay m (ACT)", False, 0.0, 10.0))
     blend_steps: int = field(default=3, metadata=meta(

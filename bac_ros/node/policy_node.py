@@ -579,9 +579,20 @@ class PolicyNode(LifecycleNode):
         timeline = self._timeline
         if getattr(self, "fault_injector", None) is not None:
             self.fault_injector(chunk_id)
+        fixed = None
+        if cfg.handover == "rtc":  # freeze what will run while this chunk is computed
+            pc = rt.config
+            lat = self._latencies or self._warmup_ms
+            p95_s = float(np.percentile(np.asarray(lat), 95)) / 1000 if lat else 0.0
+            fixed = self.actions.planned(hist.stamp_s, pc.control_period_s,
+                                         pc.horizon - pc.n_obs_steps + 1,
+                                         now + p95_s + cfg.replan_margin_ms / 1000)
+            if fixed is not None:
+                self.counters["rtc_fixed_actions"] += int(fixed[1].sum())
         try:
             res = rt.infer(hist.obs, seed=cfg.seed + chunk_id, use_bac=cfg.bac_enabled,
-                           limits=(cfg.action_min, cfg.action_max), limit_mode=cfg.limit_mode)
+                           limits=(cfg.action_min, cfg.action_max), limit_mode=cfg.limit_mode,
+                           fixed=fixed)
         except ChunkRejected as exc:
             self.counters["rejected_chunks"] += 1
             self.warning = str(exc)

@@ -112,9 +112,12 @@ class PolicyRuntime:
     @torch.no_grad()
     def infer(self, obs: dict[str, np.ndarray], seed: int, use_bac: bool,
               limits: tuple[list[float], list[float]] | None = None,
-              limit_mode: str = "clamp") -> InferenceResult:
+              limit_mode: str = "clamp",
+              fixed: tuple[np.ndarray, np.ndarray] | None = None) -> InferenceResult:
         """One chunk. Noise comes from ``seed``, exactly as ``policy.predict(obs, generator=
-        torch.Generator().manual_seed(seed))`` draws it, so results are reproducible offline."""
+        torch.Generator().manual_seed(seed))`` draws it, so results are reproducible offline.
+        ``fixed=(actions, mask)``: (n, Da) actions for the chunk's first n slots (from the
+        newest observation on) to keep (real-time chunking)."""
         p = self.policy
         with self._swap_lock:  # one consistent (schedule, cache) per chunk
             schedule, cache = self.schedule, self.cache
@@ -125,9 +128,17 @@ class PolicyRuntime:
         with self._autocast():
             cond = p.encode_condition(obs)
             noise = p.make_noise(cond.shape[0], gen)
+            inpaint = None
+            if fixed is not None:
+                H, Da = p.config.horizon, p.config.shape_meta.action_dim
+                start = p.config.n_obs_steps - 1
+                n = min(len(fixed[0]), H - start)
+                acts, mask = np.zeros((1, H, Da), np.float32), np.zeros((1, H), bool)
+                acts[0, start:start + n], mask[0, start:start + n] = fixed[0][:n], fixed[1][:n]
+                inpaint = p.inpaint_target(acts, mask)
             p.synchronize()
             t1 = time.perf_counter()
-            naction = p.denoise(cond, noise, cache=cache, generator=gen)
+            naction = p.denoise(cond, noise, cache=cache, generator=gen, inpaint=inpaint)
             p.synchronize()
         t2 = time.perf_counter()
         action_pred = p.normalizer.unnormalize("action", naction.float())[0].cpu().numpy()

@@ -164,3 +164,18 @@ def test_frame_id_counts_toward_the_size_limit():
     msg.header.frame_id = "x" * 5000
     with pytest.raises(InputError, match="max_message_mb"):
         conv.from_image(msg)
+
+
+def test_planned_actions_for_rtc():
+    """`planned`: what the stream will send at t0 + j*dt until a deadline (RTC's frozen
+    prefix), masked where no action is planned; None without a chunk."""
+    s = ActionScheduler("rtc")
+    assert s.planned(0.0, 0.1, 4, 1.0) is None
+    acts = np.arange(10, dtype=np.float32).reshape(5, 2)
+    s.add(Chunk(acts, t0_s=10.0, dt_s=0.1, chunk_id=1, arrived_s=10.0))
+    got, mask = s.planned(10.2, 0.1, 6, until_s=10.45)
+    assert mask.tolist() == [True, True, True, False, False, False]  # 10.2, 10.3, 10.4
+    np.testing.assert_array_equal(got[:3], acts[2:5])
+    got, mask = s.planned(10.3, 0.1, 4, until_s=11.0)  # the chunk ends at slot 4
+    assert mask.tolist() == [True, True, False, False]
+    assert s.action_at(10.2)[0].tolist() == acts[2].tolist()  # played back as replace
