@@ -12,7 +12,7 @@ import importlib
 import sys
 
 SUBCOMMANDS = ("convert", "calibrate", "bench", "eval", "train", "replay", "play", "record",
-               "soak")
+               "handover", "soak")
 
 
 def build_parser() -> argparse.ArgumentParser:

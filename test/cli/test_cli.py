@@ -12,7 +12,7 @@ BAG = Path(__file__).resolve().parents[2] / "data" / "pusht" / "pusht_expert"
 
 
 @pytest.mark.parametrize("cmd", ["convert", "calibrate", "bench", "eval", "train", "replay",
-                                 "play", "record", "soak"])
+                                 "play", "record", "handover", "soak"])
 def test_help(cmd):
     """`bac <cmd> --help` works for every subcommand."""
     out = subprocess.run([*BAC, cmd, "--help"], capture_output=True, text=True)

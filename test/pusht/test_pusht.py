@@ -209,3 +209,27 @@ def test_conv_image_policy_from_lowdim(tmp_path):
            "agent_pos": np.full((1, 2, 2), 256.0, np.float32)}
     out = q.predict(obs, generator=torch.Generator().manual_seed(0))
     assert out.action.shape == (1, 8, 2) and np.isfinite(out.action).all()
+
+
+def test_handover_modes_under_delay(tmp_path):
+    """`bac handover`: every mode runs with simulated inference delay (chunks arrive late, the
+    current one keeps executing), rows are paired against replace, results resume from --out;
+    rtc's fixed slots make the new chunk continue the old one, so its jump at hand-over is
+    below replace's on the same episodes."""
+    ckpt = ROOT / "data" / "policies" / "pusht_lowdim.safetensors"
+    sched = ROOT / "data" / "policies" / "pusht_lowdim.schedule.yaml"
+    cmd = [sys.executable, "-m", "bac_ros.cli.main", "handover", str(ckpt), "--schedule",
+           str(sched), "--episodes", "2", "--max-steps", "24", "--delays", "0", "3",
+           "--out", str(tmp_path / "h"), "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stdout)
+    assert {(x["mode"], x["delay_steps"]) for x in rows} == {
+        (m, d) for m in ("replace", "temporal_ensemble", "blend", "rtc") for d in (0, 3)}
+    by = {(x["mode"], x["delay_steps"]): x for x in rows}
+    assert by[("rtc", 0)]["mean_max_coverage"] == by[("replace", 0)]["mean_max_coverage"]
+    assert "diff_vs_replace_ci95" in by[("rtc", 3)]
+    assert by[("rtc", 3)]["boundary_jump_px"] < by[("replace", 3)]["boundary_jump_px"]
+    assert len(list((tmp_path / "h").glob("*_b0.json"))) == 8
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # all resumed
+    assert json.loads(again.stdout) == rows
