@@ -83,7 +83,7 @@ fi
 # 5. msg/ with the real rosidl generators (cmake), installed into the venv prefix ---------------
 MSG_HASH=$(hash_of "$ROOT"/msg/*.msg "$ROOT/CMakeLists.txt" "$ROOT/package.xml" \
   "$ROOT"/launch/* "$ROOT"/config/* "$ROOT/scripts/policy_node" "$ROOT"/data/policies/* \
-  "$ROOT"/data/pusht/pusht_expert/*)  # installed into share/bac_ros for ros2 launch
+  "$ROOT"/data/pusht/pusht_rollout/*)  # installed into share/bac_ros for ros2 launch
 if ! stage_done msgs "$MSG_HASH-$PYXY" || ! "$PYBIN" -c 'import bac_ros.msg' 2>/dev/null; then
   command -v cmake >/dev/null || die "cmake is needed to build msg/ (Debian/Ubuntu: apt install cmake g++)."
   command -v g++ >/dev/null || die "g++ is needed to build msg/ (Debian/Ubuntu: apt install g++)."

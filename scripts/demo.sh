@@ -13,7 +13,7 @@ export AMENT_PREFIX_PATH=$ROOT/.venv RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 101))}
 PY=$ROOT/.venv/bin/python
 BAC=$ROOT/.venv/bin/bac
-BAG=$ROOT/data/pusht/pusht_expert
+BAG=$ROOT/data/pusht/pusht_rollout
 OUT=$ROOT/build/demo
 mkdir -p "$OUT"
 

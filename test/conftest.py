@@ -32,7 +32,7 @@ def _stop_ros2_daemon():
                        env=dict(os.environ))
 
 
-BAG = Path(__file__).resolve().parents[1] / "data" / "pusht" / "pusht_expert"
+BAG = Path(__file__).resolve().parents[1] / "data" / "pusht" / "pusht_rollout"
 
 
 def make_tiny_files(d: Path, kind: str, steps: int, budget: int) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 DEFAULT_POLICY = REPO_DATA / "policies" / "pusht_image.safetensors"
-DEFAULT_BAG = REPO_DATA / "pusht" / "pusht_expert"
+DEFAULT_BAG = REPO_DATA / "pusht" / "pusht_rollout"
 
 
 def bundled_policy():

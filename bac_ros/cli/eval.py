@@ -18,7 +18,8 @@ def register(subparsers) -> None:
                     "Writes results.md, results.json (per-episode values), pareto.png, GIFs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", nargs="?", default=None,
-                   help="policy (default: data/policies/pusht_lowdim.safetensors)")
+                   help="policy (default: the bundled one, data/policies/pusht_image.safetensors "
+                        "when shipped)")
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--batch-episodes", type=int, default=50,
                    help="environments stepped together (one batched forward); the resume unit")
@@ -56,7 +57,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from bac_ros.cli.common import REPO_DATA, print_json
+    from bac_ros.cli.common import REPO_DATA, bundled_policy, print_json
     from bac_ros.engine.checkpoint import load_policy
     from bac_ros.pusht.eval import DEFAULT_METHODS, EvalConfig, evaluate, format_table
 
@@ -69,7 +70,7 @@ def run(args) -> int:
                      calib_observations=args.calib_observations,
                      search_evals=args.search_evals, margin=args.margin,
                      demos=args.demos or str(REPO_DATA / "pusht" / "demos.npz"))
-    policy = load_policy(args.checkpoint or REPO_DATA / "policies" / "pusht_lowdim.safetensors")
+    policy = load_policy(args.checkpoint or bundled_policy()[0])
     if args.n_action_steps:
         import dataclasses
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 BAC = [sys.executable, "-m", "bac_ros.cli.main"]
-BAG = Path(__file__).resolve().parents[2] / "data" / "pusht" / "pusht_expert"
+BAG = Path(__file__).resolve().parents[2] / "data" / "pusht" / "pusht_rollout"
 
 
 @pytest.mark.parametrize("cmd", ["convert", "calibrate", "bench", "eval", "train", "replay",

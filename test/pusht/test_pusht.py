@@ -142,7 +142,7 @@ def test_bundled_bag_topics_and_rates():
     """The bag holds rgb8 96x96 frames at 10 Hz and agent joint states at 100 Hz."""
     from bac_ros.node.replay import read_bag
 
-    msgs = read_bag(ROOT / "data" / "pusht" / "pusht_expert")
+    msgs = read_bag(ROOT / "data" / "pusht" / "pusht_rollout")
     by = {}
     for t, topic, typ, _ in msgs:
         by.setdefault((topic, typ), []).append(t)
