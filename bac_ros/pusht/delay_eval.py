@@ -70,9 +70,20 @@ def rollout_with_delay(policy, seeds: list[int], max_steps: int, delay_steps: in
     last = np.stack([np.asarray(o["agent_pos"], np.float32) for o in obs])
     bar = tqdm(total=max_steps, desc=f"{mode} d={delay_steps}", disable=not progress,
                leave=False)
+    def arrive() -> bool:
+        nonlocal pending, chunks
+        if pending is None or u < pending[0] + delay_steps:
+            return False
+        chunks = (chunks + [(pending[0], u, pending[1])])[-8:]
+        pending = None
+        return len(chunks) > 1
+
     for u in range(max_steps):
         if done.all():
             break
+        # A chunk due now arrives before the next request (delay == replan interval) and a
+        # chunk requested now with no delay arrives at once.
+        took_over = arrive()
         if u % every == 0:  # request a chunk from the observation at u
             fixed = None
             if mode == "rtc" and chunks and delay_steps:
@@ -88,13 +99,7 @@ def rollout_with_delay(policy, seeds: list[int], max_steps: int, delay_steps: in
                 pred = policy.predict(_obs_dict(hist, policy), generator=gen, cache=cache,
                                       fixed_actions=fixed)
             pending = (u, pred.action_pred[:, To - 1:])
-        if pending is not None and u >= pending[0] + delay_steps:
-            chunks.append((pending[0], u, pending[1]))
-            chunks = chunks[-8:]
-            pending = None
-            took_over = len(chunks) > 1
-        else:
-            took_over = False
+            took_over = arrive() or took_over
         a = _current(chunks, u, last, mode, ensemble_decay, blend_steps, n_exec)
         if u > 0:
             jump = np.linalg.norm(a - last, axis=-1)[~done]

@@ -233,3 +233,17 @@ def test_handover_modes_under_delay(tmp_path):
     assert len(list((tmp_path / "h").glob("*_b0.json"))) == 8
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # all resumed
     assert json.loads(again.stdout) == rows
+
+
+def test_delay_equal_to_the_replan_interval_still_delivers_chunks():
+    """A chunk due at the step the next one is requested arrives first (it is not dropped):
+    with delay == replan interval the agent still follows the policy."""
+    from bac_ros.pusht.delay_eval import rollout_with_delay
+
+    policy = make_tiny_policy("lowdim", num_inference_steps=2, scheduler="ddim")
+    r = rollout_with_delay(policy, [900_000], 20, delay_steps=4, mode="replace",
+                           replan_every=4, progress=False)
+    acts = r.actions[0, :20]
+    start = acts[0]
+    assert np.isfinite(acts).all() and np.abs(acts[4:] - start).max() > 1.0
+    assert r.boundary_jump_px > 0
