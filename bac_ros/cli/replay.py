@@ -56,8 +56,10 @@ def run(args) -> int:
         print(f"[{name}] {s['chunks']} chunks in {s['duration_s']:.1f} s "
               f"({s['chunk_rate_hz']:.2f} Hz), command stream {s['command_rate_hz']:.1f} Hz; "
               f"latency obs->chunk p50 {s['total_ms_p50']:.1f} ms, p95 {s['total_ms_p95']:.1f},"
-              f" p99 {s['total_ms_p99']:.1f}; denoise p50 {s['denoise_ms_p50']:.1f} ms; "
-              f"blocks computed {100 * s['blocks_computed_frac']:.0f}%")
+              f" p99 {s['total_ms_p99']:.1f}; preprocess (image stage) p50 "
+              f"{s['preprocess_ms_p50']:.1f} ms; denoise p50 {s['denoise_ms_p50']:.1f} ms; "
+              f"blocks computed {100 * s['blocks_computed_frac']:.0f}%; held ticks while "
+              f"serving {s['held_ticks_while_serving']}")
         if s["rejections"]:
             print(f"    node rejections / skips: {s['rejections']}")
         if s["warnings"]:

@@ -77,7 +77,8 @@ class NodeConfig:
     control_rate_hz: float = field(default=10.0, metadata=meta(
         "rate of the command stream", False, 0.5, 1000.0))
     n_execute: int = field(default=0, metadata=meta(
-        "actions executed per chunk (0 = the policy's n_action_steps)", False, 0, 1000))
+        "actions executed per chunk after it arrives (0 = the policy's n_action_steps); the "
+        "slots already due on arrival are skipped, not counted", False, 0, 1000))
     replan_mode: str = field(default="latency", metadata=meta(
         "when to start the next inference: latency (when the time left in the current chunk "
         "falls below the recent p95 inference latency + replan_margin_ms) or remaining "

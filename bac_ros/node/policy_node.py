@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import threading
 import time
 import traceback
@@ -629,8 +630,12 @@ class PolicyNode(LifecycleNode):
             return
         pc = self.runtime.config
         dt = pc.control_period_s
-        n_exec = min(cfg.n_execute or pc.n_action_steps, len(res.actions))
         publish_s = self._now_s()
+        # n_execute counts from the chunk's arrival: the slots already due when it lands are
+        # never played, so without this a 4-action chunk that took 0.22 s would serve 1-2
+        # actions and the stream would hold (what the delay study in docs/results.md does too).
+        late = max(0, math.ceil((publish_s - hist.stamp_s) / dt - 1e-6))
+        n_exec = min((cfg.n_execute or pc.n_action_steps) + late, len(res.actions))
         prev_end = self.actions.exhausted_at()
         deadline_missed = prev_end is not None and publish_s > prev_end
         self.actions.add(Chunk(res.actions[:n_exec], hist.stamp_s, dt, chunk_id, publish_s))

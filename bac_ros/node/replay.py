@@ -79,12 +79,20 @@ class ReplayResult:
             return float(np.percentile(a, q)) if a.size else float("nan")
 
         cmd_t = np.array([t for t, _ in self.commands])
+        pre = np.array([m.preprocess_ms for m in ok]) if ok else np.zeros(0)
+        # Ticks the stream held between its first and last command (before the first chunk
+        # and after the bag ends it holds by design): gaps in the command times.
+        held = 0
+        if len(cmd_t) > 2:
+            gaps = np.diff(cmd_t)
+            held = int(np.sum(np.maximum(0, np.round(gaps / np.median(gaps)) - 1)))
         return {
             "chunks": len(self.chunks), "inputs_published": self.published,
             "duration_s": round(self.duration_s, 3),
             "chunk_rate_hz": len(self.chunks) / self.duration_s if self.duration_s else 0.0,
             "total_ms_p50": pct(tot, 50), "total_ms_p95": pct(tot, 95),
             "total_ms_p99": pct(tot, 99), "denoise_ms_p50": pct(den, 50),
+            "preprocess_ms_p50": pct(pre, 50), "held_ticks_while_serving": held,
             "command_rate_hz": (len(cmd_t) - 1) / (cmd_t[-1] - cmd_t[0]) if len(cmd_t) > 2
             else 0.0,
             "warnings": sorted({m.warning for m in self.latencies if m.warning})[:5],
