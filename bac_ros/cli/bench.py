@@ -60,6 +60,15 @@ def _schedule_and_heldout(args, policy):
     if pusht_lowdim:  # calibrate the on-the-fly schedules on real demo observations
         calibration = load_observations(REPO_DATA / "pusht" / "calibration_lowdim.npz",
                                         policy, 16)
+    elif not args.random_policy and set(policy.config.shape_meta.obs) == {"image", "agent_pos"}:
+        # The bundled camera policy: the bundled bag, as `bac calibrate` splits a source:
+        # every second observation held out, the others calibrate the on-the-fly schedules.
+        from bac_ros.cli.common import DEFAULT_BAG
+
+        obs = load_observations(DEFAULT_BAG, policy, 64)
+        calibration = obs[0::2][:16]
+        if not args.heldout:
+            return schedule, obs[1::2], calibration
     return schedule, (load_observations(heldout, policy, 10_000) if heldout else None), \
         calibration
 
