@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import rclpy
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import IncludeLaunchDescription, TimerAction
+from launch.actions import IncludeLaunchDescription, SetEnvironmentVariable, TimerAction
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -55,8 +55,12 @@ def generate_test_description():
     # The timer keeps the launch alive after the node leaves on 'shutdown' (finalized), so
     # the test, not the process exit, ends the run.
     keep_alive = TimerAction(period=600.0, actions=[])
-    return LaunchDescription([include, keep_alive, launch_testing.actions.ReadyToTest()]), \
-        {"hw": hw}
+    # The installed executable runs `python3` from PATH, as in a sourced ROS workspace: here
+    # that is this venv's (the README activates it; pytest may run without activation).
+    path = SetEnvironmentVariable(
+        "PATH", f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    return LaunchDescription([path, include, keep_alive,
+                              launch_testing.actions.ReadyToTest()]), {"hw": hw}
 
 
 class TestLifecycle(unittest.TestCase):
