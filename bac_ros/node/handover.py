@@ -112,7 +112,8 @@ class ActionScheduler:
             if self.mode == "temporal_ensemble":
                 w = np.exp(-self.ensemble_decay * np.arange(len(live)))
                 acts = np.stack([c.actions[k] for c, k in live])
-                return (w[:, None] * acts).sum(0) / w.sum(), newest.chunk_id
+                w = w.reshape((-1,) + (1,) * (acts.ndim - 1))  # any action shape
+                return (w * acts).sum(0) / w.sum(), newest.chunk_id
             # blend: cross-fade from the previous chunk over blend_steps ticks after arrival
             prev, pj = live[-2]
             first = max(0, newest.slot(newest.arrived_s))  # first slot the new chunk serves

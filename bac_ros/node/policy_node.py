@@ -551,9 +551,14 @@ class PolicyNode(LifecycleNode):
         p95 of the recent observation-to-chunk latencies (warm-up timings before the first
         chunk), plus one control period (the trigger is checked once per tick), plus the
         margin."""
+        return self.latency_p95_s() + self.cfg.replan_margin_ms / 1000 + \
+            1.0 / self.cfg.control_rate_hz
+
+    def latency_p95_s(self) -> float:
+        """p95 of the recent observation-to-chunk latencies (warm-up timings before the first
+        chunk; 0 without either)."""
         lat = self._latencies or self._warmup_ms
-        p95_ms = float(np.percentile(np.asarray(lat), 95)) if lat else 0.0
-        return (p95_ms + self.cfg.replan_margin_ms) / 1000 + 1.0 / self.cfg.control_rate_hz
+        return float(np.percentile(np.asarray(lat), 95)) / 1000 if lat else 0.0
 
     def _infer_once(self) -> None:
         cfg = self.cfg  # one consistent snapshot per inference
@@ -583,11 +588,9 @@ class PolicyNode(LifecycleNode):
         fixed = None
         if cfg.handover == "rtc":  # freeze what will run while this chunk is computed
             pc = rt.config
-            lat = self._latencies or self._warmup_ms
-            p95_s = float(np.percentile(np.asarray(lat), 95)) / 1000 if lat else 0.0
             fixed = self.actions.planned(hist.stamp_s, pc.control_period_s,
                                          pc.horizon - pc.n_obs_steps + 1,
-                                         now + p95_s + cfg.replan_margin_ms / 1000)
+                                         now + self.latency_p95_s() + cfg.replan_margin_ms / 1000)
             if fixed is not None:
                 self.counters["rtc_fixed_actions"] += int(fixed[1].sum())
         try:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bac_ros.node.handover import ActionScheduler, Chunk
 from bac_ros.pusht.env import make_env
 from bac_ros.pusht.eval import _obs_dict, _obs_type, chunk_seed
 
@@ -51,7 +52,6 @@ def rollout_with_delay(policy, seeds: list[int], max_steps: int, delay_steps: in
         raise ValueError(f"mode must be one of {MODES}. Got {mode!r}.")
     cfg = policy.config
     To, H = cfg.n_obs_steps, cfg.horizon
-    n_exec = H - To + 1  # actions a chunk has from its observation on
     every = replan_every or cfg.n_action_steps
     if not 0 <= delay_steps <= every:
         raise ValueError(f"delay_steps must be in [0, replan interval {every}] (a chunk must "
@@ -64,19 +64,28 @@ def rollout_with_delay(policy, seeds: list[int], max_steps: int, delay_steps: in
     success = np.zeros(B, bool)
     max_cov = np.zeros(B)
     actions = np.full((B, max_steps, 2), np.nan, np.float32)
-    chunks: list[tuple[int, int, np.ndarray]] = []  # (requested at step, arrives at, (B, n, 2))
+    # The node's own hand-over code, on a clock counted in control steps (dt = 1); a chunk's
+    # actions are (n, B, 2), so one scheduler serves the whole batch of episodes.
+    stream = ActionScheduler(mode, ensemble_decay, blend_steps)
+    arrived = 0
     pending: tuple[int, np.ndarray] | None = None
     boundary, inner = [], []
     last = np.stack([np.asarray(o["agent_pos"], np.float32) for o in obs])
     bar = tqdm(total=max_steps, desc=f"{mode} d={delay_steps}", disable=not progress,
                leave=False)
+
     def arrive() -> bool:
-        nonlocal pending, chunks
+        nonlocal pending, arrived
         if pending is None or u < pending[0] + delay_steps:
             return False
-        chunks = (chunks + [(pending[0], u, pending[1])])[-8:]
-        pending = None
-        return len(chunks) > 1
+        stream.add(Chunk(pending[1], t0_s=pending[0], dt_s=1.0, chunk_id=arrived,
+                         arrived_s=u))
+        pending, arrived = None, arrived + 1
+        return arrived > 1
+
+    def sent(step: int) -> np.ndarray:  # what the stream sends at a step (holds without one)
+        due = stream.action_at(step)
+        return last if due is None else due[0]
 
     for u in range(max_steps):
         if done.all():
@@ -86,21 +95,21 @@ def rollout_with_delay(policy, seeds: list[int], max_steps: int, delay_steps: in
         took_over = arrive()
         if u % every == 0:  # request a chunk from the observation at u
             fixed = None
-            if mode == "rtc" and chunks and delay_steps:
+            if mode == "rtc" and arrived and delay_steps:
                 acts = np.zeros((B, H, 2), np.float32)
                 mask = np.zeros((B, H), bool)
                 for j in range(delay_steps):  # steps u .. u+d-1 run from the current chunk
-                    acts[:, To - 1 + j] = _current(chunks, u + j, last, mode, ensemble_decay,
-                                                   blend_steps, n_exec)
+                    acts[:, To - 1 + j] = sent(u + j)
                     mask[:, To - 1 + j] = True
                 fixed = (acts, mask)
             gen = torch.Generator().manual_seed(chunk_seed(noise_seed, 0, u // every))
             with torch.no_grad():
                 pred = policy.predict(_obs_dict(hist, policy), generator=gen, cache=cache,
                                       fixed_actions=fixed)
-            pending = (u, pred.action_pred[:, To - 1:])
+            # (n_exec, B, 2): every action from the observation's slot on
+            pending = (u, pred.action_pred[:, To - 1:].transpose(1, 0, 2))
             took_over = arrive() or took_over
-        a = _current(chunks, u, last, mode, ensemble_decay, blend_steps, n_exec)
+        a = sent(u)
         if u > 0:
             jump = np.linalg.norm(a - last, axis=-1)[~done]
             (boundary if took_over else inner).extend(jump.tolist())
@@ -121,20 +130,3 @@ def rollout_with_delay(policy, seeds: list[int], max_steps: int, delay_steps: in
     return DelayResult(success, max_cov, float(np.mean(boundary)) if boundary else 0.0,
                        float(np.mean(inner)) if inner else 0.0, actions)
 
-
-def _current(chunks, u: int, last: np.ndarray, mode: str, decay: float, blend_steps: int,
-             n_exec: int) -> np.ndarray:
-    """The action sent at step u: from the chunks that have arrived (hold without one)."""
-    live = [(s, arr, c) for s, arr, c in chunks if 0 <= u - s < n_exec]
-    if not live:
-        return last
-    s, arrived, newest = live[-1]
-    if mode in ("replace", "rtc") or len(live) == 1:
-        return newest[:, u - s]
-    if mode == "temporal_ensemble":
-        w = np.exp(-decay * np.arange(len(live)))
-        acts = np.stack([c[:, u - s0] for s0, _, c in live])
-        return (w[:, None, None] * acts).sum(0) / w.sum()
-    ps, _, prev = live[-2]
-    alpha = min(1.0, (u - arrived + 1) / max(1, blend_steps))
-    return (1 - alpha) * prev[:, u - ps] + alpha * newest[:, u - s]
