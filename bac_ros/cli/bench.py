@@ -48,29 +48,33 @@ def register(subparsers) -> None:
 def _schedule_and_heldout(args, policy):
     from bac_ros.bac.capture import load_observations
     from bac_ros.bac.schedule import load_schedule
-    from bac_ros.cli.common import REPO_DATA, bundled_heldout, bundled_policy, is_pusht_lowdim
+    from bac_ros.cli.common import (
+        DEFAULT_BAG,
+        REPO_DATA,
+        bundled_heldout,
+        bundled_policy,
+        is_pusht_image,
+        is_pusht_lowdim,
+    )
 
     path = args.schedule
     if path is None and args.checkpoint is None and not args.random_policy:
         path = bundled_policy()[1]
     schedule = load_schedule(path) if path else None
-    pusht_lowdim = not args.random_policy and is_pusht_lowdim(policy)
-    heldout = args.heldout or (bundled_heldout(policy) if pusht_lowdim else None)
-    calibration = None
-    if pusht_lowdim:  # calibrate the on-the-fly schedules on real demo observations
+    heldout_path, heldout, calibration = args.heldout, None, None
+    if not args.random_policy and is_pusht_lowdim(policy):
+        # calibrate the on-the-fly schedules on real demo observations
         calibration = load_observations(REPO_DATA / "pusht" / "calibration_lowdim.npz",
                                         policy, 16)
-    elif not args.random_policy and set(policy.config.shape_meta.obs) == {"image", "agent_pos"}:
+        heldout_path = heldout_path or bundled_heldout(policy)
+    elif not args.random_policy and is_pusht_image(policy):
         # The bundled camera policy: the bundled bag, as `bac calibrate` splits a source:
         # every second observation held out, the others calibrate the on-the-fly schedules.
-        from bac_ros.cli.common import DEFAULT_BAG
-
         obs = load_observations(DEFAULT_BAG, policy, 64)
-        calibration = obs[0::2][:16]
-        if not args.heldout:
-            return schedule, obs[1::2], calibration
-    return schedule, (load_observations(heldout, policy, 10_000) if heldout else None), \
-        calibration
+        calibration, heldout = obs[0::2][:16], obs[1::2]
+    if heldout_path:
+        heldout = load_observations(heldout_path, policy, 10_000)
+    return schedule, heldout, calibration
 
 
 def run(args) -> int:

@@ -36,6 +36,11 @@ def is_pusht_lowdim(policy) -> bool:
     return set(policy.config.shape_meta.obs) == {"keypoints", "agent_pos"}
 
 
+def is_pusht_image(policy) -> bool:
+    """Observations are the Push-T camera ones (96x96 frame + agent position)."""
+    return set(policy.config.shape_meta.obs) == {"image", "agent_pos"}
+
+
 def bundled_heldout(policy) -> Path | None:
     """The bundled held-out observations when ``policy`` is a Push-T low-dim policy: never used
     for calibration, for fidelity measurements."""

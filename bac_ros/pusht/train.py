@@ -150,9 +150,14 @@ class ImageSequences(LowDimSequences):
         o = idx[: self.n_obs_steps]
         if self.cond is not None:
             return {"cond": self.cond[o], "action": torch.from_numpy(self.actions[idx])}
-        img = torch.from_numpy(self.frames[o]).permute(0, 3, 1, 2).float() / 255.0
+        img = frames_to_tensor(self.frames[o])
         return {"obs": {"image": img, "agent_pos": torch.from_numpy(self.obs[o, 16:18])},
                 "action": torch.from_numpy(self.actions[idx])}
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) frames -> float (N, 3, H, W) in [0, 1], the policy's rgb input."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
 
 
 def render_frames(demos_path: str, cache: str, n_episodes: int, progress: bool = True
@@ -303,7 +308,7 @@ def pretrain_keypoint_encoder(cfg: TrainConfig, data: ImageSequences, policy: Di
                           num_training_steps=cfg.encoder_steps)
 
     def frames(idx):
-        x = torch.from_numpy(data.frames[idx]).permute(0, 3, 1, 2).float() / 255.0
+        x = frames_to_tensor(data.frames[idx])
         return policy.normalizer.normalize("image", x)
 
     enc.train()
@@ -408,7 +413,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
                 break
     bar.close()
     if cfg.num_steps == 0:  # the initial policy (e.g. a pre-trained encoder + --init-from)
-        _save_initial(cfg, out, policy)
+        _save_policy(cfg, out, policy)
     summary = {"steps": step, "final_loss": float(np.mean(losses[-100:])) if losses else None,
                "seconds": round(time.time() - t0, 1), "out": str(out)}
     if encoder_metrics:
@@ -422,7 +427,7 @@ def _precompute_condition(policy: DiffusionPolicy, data: ImageSequences) -> torc
     with torch.no_grad():
         feats = []
         for i in range(0, len(data.obs), 512):
-            img = torch.from_numpy(data.frames[i:i + 512]).permute(0, 3, 1, 2).float() / 255.0
+            img = frames_to_tensor(data.frames[i:i + 512])
             pos = torch.from_numpy(data.obs[i:i + 512, 16:18])
             nobs = {"image": policy.normalizer.normalize("image", img),
                     "agent_pos": policy.normalizer.normalize("agent_pos", pos)}
@@ -430,7 +435,8 @@ def _precompute_condition(policy: DiffusionPolicy, data: ImageSequences) -> torc
     return torch.cat(feats)
 
 
-def _save_initial(cfg: TrainConfig, out: Path, policy: DiffusionPolicy) -> None:
+def _save_policy(cfg: TrainConfig, out: Path, policy: DiffusionPolicy) -> None:
+    """OUT/policy.safetensors (fingerprinted, eval mode) and the config that made it."""
     policy.eval()
     policy.fingerprint = fingerprint_policy(policy)
     save_policy(policy, out / "policy.safetensors")
@@ -443,9 +449,7 @@ def _save(cfg, out, policy, ema, ema_policy, opt, sched, step, losses, state_pat
     from bac_ros.io_utils import atomic_write_bytes
 
     ema.copy_to(ema_policy.parameters())
-    ema_policy.eval()
-    ema_policy.fingerprint = fingerprint_policy(ema_policy)
-    save_policy(ema_policy, out / "policy.safetensors")
+    _save_policy(cfg, out, ema_policy)
     if cfg.encoder != "conv":  # diffusion_policy has no such encoder: no .ckpt to write
         save_dp_checkpoint(ema_policy, out / "policy.ckpt", model_state=policy.state_dict(),
                            optimizer_state=opt.state_dict())
@@ -454,7 +458,6 @@ def _save(cfg, out, policy, ema, ema_policy, opt, sched, step, losses, state_pat
                 "lr_scheduler": sched.state_dict(), "ema": ema.state_dict(), "step": step,
                 "losses": losses, "rng": torch.get_rng_state()}, buf)
     atomic_write_bytes(state_path, buf.getvalue())
-    atomic_write_text(out / "train_config.json", json.dumps(asdict(cfg), indent=2))
     _plot(losses, out / "loss.png")
 
 
