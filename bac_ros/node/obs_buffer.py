@@ -1,7 +1,10 @@
 """Observation history with approximate time sync across cameras and joint states (no ROS).
 
-Each source (a camera, the joint states) keeps a short ring of (stamp_s, value). The
-newest complete observation is anchored at the newest sample of the anchor source (the
+Each source (a camera, the joint states) keeps (stamp_s, value) samples covering the last
+``history_s`` seconds, at most one per ``min_spacing_s``: a sample closer than that to the
+newest kept one is decimated (dropped before it is converted), so a 2-5 kHz joint-state
+driver neither pushes the samples the history needs out of a fixed-size ring nor spends the
+executor's time on conversions nobody reads. The newest complete observation is anchored at the newest sample of the anchor source (the
 first camera, or the joint states for low-dim policies); frame i of the n_obs_steps
 history is the sample of every source nearest to ``anchor - (To-1-i) * period``, each
 within ``tolerance_s``.
@@ -31,6 +34,13 @@ class _Source:
         self.stamps: deque[float] = deque(maxlen=maxlen)
         self.values: deque[dict[str, np.ndarray]] = deque(maxlen=maxlen)
         self.received: deque[float] = deque(maxlen=maxlen)
+        self.last_seen = float("-inf")  # newest stamp received, kept or decimated
+
+    def trim(self, older_than_s: float) -> None:
+        while self.stamps and self.stamps[0] < older_than_s:
+            self.stamps.popleft()
+            self.values.popleft()
+            self.received.popleft()
 
     def nearest(self, t: float) -> int | None:
         if not self.stamps:
@@ -45,19 +55,37 @@ class ObservationBuffer:
     """Thread-safe: subscriptions add samples, the inference worker reads histories."""
 
     def __init__(self, sources: list[str], n_obs_steps: int, period_s: float,
-                 tolerance_s: float, history_s: float = 2.0, max_future_s: float = 0.05):
+                 tolerance_s: float, history_s: float = 2.0, max_future_s: float = 0.05,
+                 min_spacing_s: float = 0.002):
         if not sources:
             raise ValueError("ObservationBuffer needs at least one source.")
         self.sources = list(sources)
         self.n_obs_steps, self.period_s, self.tolerance_s = n_obs_steps, period_s, tolerance_s
         self.max_future_s = max_future_s
-        maxlen = max(16, int(history_s * 200))
+        # The history must span the frames plus a second of lag between sources.
+        self.history_s = max(history_s, (n_obs_steps - 1) * period_s + 1.0)
+        self.min_spacing_s = min_spacing_s
+        # Time trimming bounds the count; maxlen is a backstop for nonsense stamps.
+        maxlen = int(self.history_s / max(min_spacing_s, 1e-4)) + 2
         self._src = {s: _Source(maxlen) for s in self.sources}
         self._lock = threading.Lock()
 
+    def decimated(self, source: str, stamp_s: float) -> bool:
+        """True (and recorded as seen) when a sample at ``stamp_s`` is newer than everything
+        received but less than ``min_spacing_s`` after the newest kept one: the caller drops
+        it without converting it. Duplicates and out-of-order stamps return False, so
+        ``add`` reports them."""
+        with self._lock:
+            src = self._src[source]
+            if src.stamps and src.last_seen < stamp_s < src.stamps[-1] + self.min_spacing_s:
+                src.last_seen = stamp_s
+                return True
+            return False
+
     def add(self, source: str, stamp_s: float, values: dict[str, np.ndarray], now_s: float,
-            received_s: float) -> None:
-        """Add a sample; raise InputError for zero, future, duplicate or out-of-order stamps."""
+            received_s: float) -> bool:
+        """Add a sample; raise InputError for zero, future, duplicate or out-of-order stamps.
+        Returns False when the sample was decimated (see ``decimated``)."""
         if stamp_s <= 0.0:
             raise InputError("bad_stamp", f"{source}: header stamp is zero; the driver must "
                              "stamp messages with their capture time")
@@ -66,18 +94,24 @@ class ObservationBuffer:
                              "the future (clock skew between machines? use chrony/PTP)")
         with self._lock:
             src = self._src[source]
-            if src.stamps and stamp_s == src.stamps[-1]:
+            if stamp_s == src.last_seen:
                 raise InputError("duplicate", f"{source}: duplicate message (stamp {stamp_s:.6f})")
-            if src.stamps and stamp_s < src.stamps[-1]:
+            if stamp_s < src.last_seen:
                 raise InputError("out_of_order", f"{source}: out-of-order stamp "
-                                 f"{stamp_s:.6f} < newest {src.stamps[-1]:.6f}; dropped")
+                                 f"{stamp_s:.6f} < newest {src.last_seen:.6f}; dropped")
+            src.last_seen = stamp_s
+            if src.stamps and stamp_s < src.stamps[-1] + self.min_spacing_s:
+                return False
             src.stamps.append(stamp_s)
             src.values.append(values)
             src.received.append(received_s)
+            src.trim(stamp_s - self.history_s)
+            return True
 
     def clear(self) -> None:
         with self._lock:
             for s in self._src.values():
+                s.last_seen = float("-inf")
                 s.stamps.clear()
                 s.values.clear()
                 s.received.clear()

@@ -39,6 +39,10 @@ class NodeConfig:
     autostart: bool = field(default=True, metadata=meta(
         "lifecycle: configure and activate at start (false: wait in 'unconfigured' for "
         "`ros2 lifecycle set <node> configure` / `activate`)", True))
+    max_callback_rate_hz: float = field(default=1000.0, metadata=meta(
+        "cap on executor callbacks per second (messages, timers, services): input beyond it "
+        "is dropped by DDS (best effort, newest kept), so a kHz driver cannot starve "
+        "inference and the command stream of CPU", True, 10.0, 1e6))
     warmup_iterations: int = field(default=2, metadata=meta(
         "inferences run at start to warm up the device", True, 0, 100))
     seed: int = field(default=0, metadata=meta(

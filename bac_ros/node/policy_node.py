@@ -12,7 +12,10 @@ Threads: one executor thread serves subscriptions, the control-rate timer and di
 worker thread (one at a time, newest observation wins), so no callback ever waits on the
 GPU. A SingleThreadedExecutor is deliberate: measured here, rclpy's MultiThreadedExecutor
 spent so long rebuilding wait sets that best-effort camera/joint messages were dropped
-(28 of 100 joint states received at 100 Hz), while the single-threaded one kept up.
+(28 of 100 joint states received at 100 Hz), while the single-threaded one kept up. Its
+loop (``spin_node``) is capped at ``max_callback_rate_hz``: each callback costs the
+executor ~0.1-0.3 ms of Python (and the GIL), so an uncapped kHz input flood starved the
+inference worker.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from rcl_interfaces.msg import (
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -154,12 +158,23 @@ class PolicyNode(LifecycleNode):
             elif isinstance(value, float) and lo is not None:
                 d.floating_point_range = [FloatingPointRange(from_value=float(lo),
                                                              to_value=float(hi), step=0.0)]
-            if isinstance(value, list) and not value:
-                ptype = Parameter.Type.DOUBLE_ARRAY if "float" in str(f.type) else \
-                    Parameter.Type.STRING_ARRAY
-                p = self.declare_parameter(name, ptype, d)
-            else:
-                p = self.declare_parameter(name, value, d)
+            # `-p control_rate_hz:=20` is an integer to ROS: take it as 20.0, as a runtime
+            # `ros2 param set` is (rclpy would refuse it with a traceback).
+            given = self._parameter_overrides.get(name)
+            if isinstance(value, float) and given is not None and \
+                    given.type_ == Parameter.Type.INTEGER:
+                self._parameter_overrides[name] = Parameter(name, Parameter.Type.DOUBLE,
+                                                            float(given.value))
+            try:
+                if isinstance(value, list) and not value:
+                    ptype = Parameter.Type.DOUBLE_ARRAY if "float" in str(f.type) else \
+                        Parameter.Type.STRING_ARRAY
+                    p = self.declare_parameter(name, ptype, d)
+                else:
+                    p = self.declare_parameter(name, value, d)
+            except ParameterException as exc:
+                raise ConfigureError(f"parameter `{name}`: {str(exc)[:300]} (see "
+                                     "`policy_node --help` for its type and range)") from None
             values[f.name] = p.value if p.value is not None else []
         cfg = NodeConfig(**values)
         self.add_pre_set_parameters_callback(self._pre_set_parameters)
@@ -455,10 +470,12 @@ class PolicyNode(LifecycleNode):
     def _on_image(self, msg, key: str, conv: ImageConverter) -> None:
         self._mark_input(self._image_topic_of[key])
         try:
+            stamp = stamp_s(msg.header.stamp)
+            if self._decimated(f"camera:{key}", stamp):
+                return
             arr = conv.from_compressed(msg) if isinstance(msg, CompressedImage) else \
                 conv.from_image(msg)
-            self.buffer.add(f"camera:{key}", stamp_s(msg.header.stamp), {key: arr},
-                            self._now_s(), time.monotonic())
+            self.buffer.add(f"camera:{key}", stamp, {key: arr}, self._now_s(), time.monotonic())
         except InputError as err:
             self._reject(err)
         except Exception as exc:  # noqa: BLE001 - never let a callback kill the executor
@@ -467,13 +484,24 @@ class PolicyNode(LifecycleNode):
     def _on_joints(self, msg: JointState) -> None:
         self._mark_input(self._joint_topic)
         try:
-            values = self.joint_mapper(msg)
-            self.buffer.add("joints", stamp_s(msg.header.stamp), values, self._now_s(),
+            stamp = stamp_s(msg.header.stamp)
+            if self._decimated("joints", stamp):
+                return
+            self.buffer.add("joints", stamp, self.joint_mapper(msg), self._now_s(),
                             time.monotonic())
         except InputError as err:
             self._reject(err)
         except Exception as exc:  # noqa: BLE001
             self._reject(InputError("internal", f"joint callback failed: {exc!r}"))
+
+    def _decimated(self, source: str, stamp: float) -> bool:
+        """A sample within the buffer's min spacing of the newest kept one is dropped before
+        any conversion: the history needs no more, and a kHz driver must not eat the
+        executor (counted on /diagnostics as ``decimated_inputs``)."""
+        if self.buffer.decimated(source, stamp):
+            self.counters["decimated_inputs"] += 1
+            return True
+        return False
 
     # -- control stream -----------------------------------------------------------------------
     def _on_control_tick(self) -> None:
@@ -754,6 +782,22 @@ def print_help() -> None:
         print(f"  {name} ({default!r}{', ro' if read_only else ''}): {desc}")
 
 
+def spin_node(executor, node: PolicyNode, keep_going) -> None:
+    """Serve ``node``'s callbacks while ``keep_going()``, at most ``max_callback_rate_hz``
+    of them per second. The pause between callbacks releases the GIL to the inference
+    worker; what arrives faster is dropped by DDS (sensor QoS keeps the newest), which the
+    observation history does not miss (it keeps one sample per 2 ms anyway). Measured in
+    docs/reliability.md ("input floods"); rclpy's C++ EventsExecutor was faster under a
+    flood but deadlocked when a publisher in the same process delivered to it."""
+    min_cycle_s = 1.0 / node.cfg.max_callback_rate_hz
+    while keep_going():
+        start = time.monotonic()
+        executor.spin_once(timeout_sec=0.5)
+        rest = min_cycle_s - (time.monotonic() - start)
+        if rest > 0:
+            time.sleep(rest)
+
+
 def main(args=None) -> int:
     import sys
 
@@ -773,8 +817,7 @@ def main(args=None) -> int:
     executor.add_node(node)
     try:
         # The lifecycle 'shutdown' transition (finalized) ends the process, as in rclcpp.
-        while rclpy.ok() and node.lifecycle_state != "finalized":
-            executor.spin_once(timeout_sec=0.5)
+        spin_node(executor, node, lambda: rclpy.ok() and node.lifecycle_state != "finalized")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -238,7 +238,7 @@ class LiveNode:
     def __init__(self, parameters: dict, node_name: str = "bac_policy"):
         from rclpy.parameter import Parameter
 
-        from bac_ros.node.policy_node import PolicyNode
+        from bac_ros.node.policy_node import PolicyNode, spin_node
 
         self._own_context = not rclpy.ok()
         if self._own_context:
@@ -249,12 +249,17 @@ class LiveNode:
         self._executors = [SingleThreadedExecutor(), SingleThreadedExecutor()]
         self._executors[0].add_node(self.node)
         self._executors[1].add_node(self.probe)
-        self._threads = [threading.Thread(target=e.spin, daemon=True) for e in self._executors]
+        self._stop = threading.Event()
+        # The node is served by the same capped loop as in its own process.
+        self._threads = [threading.Thread(target=spin_node, daemon=True, args=(
+            self._executors[0], self.node, lambda: rclpy.ok() and not self._stop.is_set())),
+            threading.Thread(target=self._executors[1].spin, daemon=True)]
         for t in self._threads:
             t.start()
 
     def close(self) -> None:
         self.node.shutdown()
+        self._stop.set()
         for e in self._executors:
             e.shutdown()
         for t in self._threads:

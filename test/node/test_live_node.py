@@ -388,3 +388,25 @@ def test_rtc_handover_continues_the_current_chunk(tiny_files, messages):
         agreed += sum(np.allclose(ta[t], tb[t], atol=1e-2) for t in set(ta) & set(tb))
     assert agreed >= len(chunks) - 1, (agreed, fixed)
     assert len(res.commands) > 10
+
+
+def test_launch_parameter_types(tiny_files):
+    """`-p control_rate_hz:=20` (an integer to ROS) sets a float parameter, as a runtime
+    `ros2 param set` does; a wrong type stops the real executable with one line naming the
+    parameter (it used to end in an rclpy traceback)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with LiveNode({"checkpoint": tiny_files["checkpoint"], "control_rate_hz": 20,
+                   "max_callback_rate_hz": 500}) as live:
+        assert live.node.cfg.control_rate_hz == 20.0
+        assert live.node.cfg.max_callback_rate_hz == 500.0
+    rclpy.try_shutdown()
+    out = subprocess.run([str(Path(sys.executable).parent / "policy_node"), "--ros-args",
+                          "-p", f"checkpoint:={tiny_files['checkpoint']}",
+                          "-p", "control_rate_hz:=fast"],
+                         capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2 and "cannot start: parameter `control_rate_hz`" in text, text
+    assert "Traceback" not in text

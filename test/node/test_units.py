@@ -107,6 +107,29 @@ def test_obs_buffer_sync_and_rejections():
         assert e.value.kind == kind
 
 
+
+def test_obs_buffer_keeps_history_under_a_khz_source():
+    """A 5 kHz joint driver with a camera 90 ms behind: the history still spans both frames
+    (a fixed-size ring used to hold only the last 80 ms, so no observation was ever complete),
+    the stored samples stay bounded, and the extra samples are decimated, not converted."""
+    b = ObservationBuffer(["cam", "joints"], n_obs_steps=2, period_s=0.1, tolerance_s=0.03)
+    kept = decimated = 0
+    for i in range(15000):  # 3 s at 5 kHz
+        t = 100 + i * 0.0002
+        if b.decimated("joints", t):
+            decimated += 1
+            continue
+        kept += b.add("joints", t, {"pos": np.array([t], np.float32)}, now_s=200, received_s=0)
+        if i % 500 == 0 and t >= 100.09:  # 10 Hz camera, stamped 90 ms before the joints
+            b.add("cam", t - 0.09, {"img": np.array([t - 0.09], np.float32)}, now_s=200,
+                  received_s=0)
+    h = b.latest()
+    assert h is not None
+    np.testing.assert_allclose(h.obs["pos"][0, :, 0], h.obs["img"][0, :, 0], atol=0.003)
+    assert decimated > 0.8 * 15000 and kept <= 3 / 0.002 + 1
+    assert len(b._src["joints"].stamps) <= b.history_s / 0.002 + 2
+
+
 def test_handover_modes():
     """replace switches at the new chunk; ensemble averages; past slots are never replayed."""
     s = ActionScheduler("replace")
