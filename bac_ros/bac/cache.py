@@ -28,6 +28,11 @@ class ScheduledBlockCache:
         self._table = schedule.table()
         self._row_counts = [sum(row) for row in self._table]
         self._row: list[bool] = self._table[0]
+        self._blocks_of = {kind: [b.index for b in blocks if b.kind == kind]
+                           for kind in {b.kind for b in blocks}}
+        # Per step: does any block of each kind compute?
+        self._kind_rows = [{kind: any(row[i] for i in idx) for kind, idx in
+                            self._blocks_of.items()} for row in self._table]
         self._buffers: list[torch.Tensor | None] = [None] * len(names)
         self._stored = [False] * len(names)
         self._step = -1
@@ -57,6 +62,14 @@ class ScheduledBlockCache:
         self._step = step_index
         self._row = self._table[step_index]
         self._computed += self._row_counts[step_index]
+
+    def computes_kind(self, kind) -> bool:
+        """Whether any block of ``kind`` computes at the current step (the model may skip
+        inputs only those blocks read)."""
+        idx = self._blocks_of.get(kind)
+        if not idx:
+            return False
+        return self._kind_rows[self._step][kind] or not all(self._stored[i] for i in idx)
 
     def should_compute(self, block_index: int) -> bool:
         # A block never stored this chunk must compute (guards a misuse, costs one lookup).

@@ -66,6 +66,12 @@ class BlockCache(Protocol):
         ...
 
 
+# Optional on a BlockCache: ``computes_kind(kind) -> bool``, whether any block of that kind
+# computes at the current step. A model may then skip inputs only those blocks read (DP-T
+# skips its condition encoder, read only by cross-attention, on steps where every
+# cross-attention block is reused); a cache without it gets everything computed.
+
+
 # Called with (block_index, delta) for every computed block; used by
 # calibration to record features. None on the inference path (no hooks).
 BlockObserver = Callable[[int, "torch.Tensor"], None]

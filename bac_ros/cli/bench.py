@@ -26,7 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed chunks per method")
     p.add_argument("--warmup", type=int, default=2, help="untimed chunks per method")
     p.add_argument("--batch", type=int, default=1, help="observations per forward")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="methods to time; full compute is always timed too (it is the "
+                        "reference of the speedup and error columns)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     p.add_argument("--random-policy", choices=("lowdim", "image"), default=None,
                    help="benchmark a seeded random DP-T of --n-layer/--n-emb instead")
@@ -92,7 +94,8 @@ def run(args) -> int:
     cfg = BenchConfig(ddpm_steps=args.ddpm_steps, ddim_steps=args.ddim_steps,
                       budget=args.budget, ddim_budget=args.ddim_budget,
                       bua_top_n=args.bua_top_n, repeats=args.repeats, warmup=args.warmup,
-                      batch=args.batch, methods=list(args.methods), dtype=args.dtype,
+                      batch=args.batch, dtype=args.dtype,
+                      methods=["full"] + [m for m in args.methods if m != "full"],
                       schedule=schedule, heldout=heldout, calibration=calibration)
     rows, env = run_benchmark(policy, cfg, progress=not args.json)
     table = format_markdown(rows, env)

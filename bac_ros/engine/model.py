@@ -223,20 +223,26 @@ class TransformerForDiffusion(nn.Module):
             timestep = torch.tensor([timestep], dtype=torch.long, device=sample.device)
         elif timestep.dim() == 0:
             timestep = timestep[None].to(sample.device)
-        time_emb = self.time_emb(timestep.expand(B)).unsqueeze(1)  # (B, 1, n_emb)
-        time_emb = time_emb.to(sample.dtype)
         input_emb = self.input_emb(sample)  # (B, T, n_emb)
 
         if self.encoder_only:
+            time_emb = self.time_emb(timestep.expand(B)).unsqueeze(1).to(sample.dtype)
             tokens = torch.cat([time_emb, input_emb], dim=1)  # (B, T+1, n_emb)
             x = self.drop(tokens + self.pos_emb[:, : tokens.shape[1], :])
             x = self._run_blocks(x, None, cache, observer)
             x = x[:, 1:, :]
         else:
-            cond_emb = time_emb
-            if self.cond_obs_emb is not None:
-                cond_emb = torch.cat([cond_emb, self.cond_obs_emb(cond)], dim=1)  # (B, Tc, C)
-            memory = self.encoder(self.drop(cond_emb + self.cond_pos_emb[:, : cond_emb.shape[1]]))
+            memory = None
+            # Only cross-attention reads the memory: on a step where the cache reuses every
+            # cross-attention block, the condition encoder is skipped (exact: nothing reads it).
+            computes_kind = getattr(cache, "computes_kind", None)
+            if computes_kind is None or observer is not None or \
+                    computes_kind(BlockKind.CROSS_ATTN):
+                cond_emb = self.time_emb(timestep.expand(B)).unsqueeze(1).to(sample.dtype)
+                if self.cond_obs_emb is not None:
+                    cond_emb = torch.cat([cond_emb, self.cond_obs_emb(cond)], dim=1)  # (B,Tc,C)
+                memory = self.encoder(self.drop(cond_emb +
+                                                self.cond_pos_emb[:, : cond_emb.shape[1]]))
             x = self.drop(input_emb + self.pos_emb[:, : input_emb.shape[1], :])
             x = self._run_blocks(x, memory, cache, observer)
         return self.head(self.ln_f(x))  # (B, T, output_dim)

@@ -22,7 +22,7 @@ from bac_ros.engine.config import PolicyConfig
 from bac_ros.engine.encoders import ObservationEncoder
 from bac_ros.engine.model import TransformerForDiffusion
 from bac_ros.engine.normalizer import LinearNormalizer
-from bac_ros.engine.schedulers import build_scheduler
+from bac_ros.engine.schedulers import FastDDPMStep, build_scheduler
 
 # observer(step_index, block_index, delta): records block features for calibration.
 StepObserver = "Callable[[int, int, torch.Tensor], None]"
@@ -163,6 +163,7 @@ class DiffusionPolicy(nn.Module):
         if cache is not None:
             cache.reset()
         timesteps = self.scheduler.timesteps
+        fast = self._fast_step()
         # One host->device copy per chunk instead of one per step; the scheduler keeps the
         # CPU value (its tables live on the CPU).
         timesteps_dev = timesteps.to(sample.device)
@@ -174,12 +175,23 @@ class DiffusionPolicy(nn.Module):
                 cache.set_step(k)
             step_obs = None if observer is None else (lambda b, d, k=k: observer(k, b, d))
             eps = self.model(sample, timesteps_dev[k], cond, cache=cache, observer=step_obs)
-            sample = self.scheduler.step(eps, t, sample, generator=generator).prev_sample
+            sample = fast(k, eps, sample, generator) if fast is not None else \
+                self.scheduler.step(eps, t, sample, generator=generator).prev_sample
             if inpaint is not None:
                 fixed = known if k + 1 == len(timesteps) else \
                     self._noised(known, timesteps[k + 1], generator)
                 sample = torch.where(mask, fixed, sample)
         return sample
+
+    def _fast_step(self) -> Optional[FastDDPMStep]:
+        """The precomputed DDPM step for the current scheduler (bit-identical to diffusers'
+        ``step``, rebuilt when the scheduler or K changes), or None to use ``step``."""
+        fast = getattr(self, "_fast", None)
+        if fast is not None and fast.matches(self.scheduler):
+            return fast
+        self._fast = FastDDPMStep(self.scheduler) if FastDDPMStep.supports(self.scheduler) \
+            else None
+        return self._fast
 
     def _noised(self, x0: torch.Tensor, t: torch.Tensor, generator) -> torch.Tensor:
         """``x0`` diffused to timestep ``t`` (the forward process the scheduler trained on)."""

@@ -146,3 +146,35 @@ def test_ddim_schedule_and_sampler_mismatch(tmp_path):
     path = save_schedule(build_schedule("uniform", p.model.blocks(), 10, 4, p.fingerprint,
                                         "ddim"), tmp_path / "ddim.yaml")
     assert load_schedule(path, policy=p).scheduler_type == "ddim"
+
+
+def test_condition_encoder_skipped_only_where_no_cross_attention_computes():
+    """With a schedule, steps that reuse every cross-attention block skip the condition
+    encoder; the actions are bit-identical to running it every step (nothing else reads it)."""
+    from bac_ros.bac.baselines import build_schedule
+    from bac_ros.bac.cache import ScheduledBlockCache
+    from bac_ros.bac.interface import BlockKind
+    from bac_ros.engine.testing import make_tiny_policy
+
+    p = make_tiny_policy("image", num_inference_steps=10, scheduler="ddim")
+    sched = build_schedule("uniform", p.model.blocks(), 10, 4, p.fingerprint, "ddim")
+    cache = ScheduledBlockCache(sched, p.model.blocks())
+
+    class Plain:  # the same cache without the optional computes_kind
+        def __getattr__(self, name):
+            if name == "computes_kind":
+                raise AttributeError(name)
+            return getattr(cache, name)
+
+    calls = []
+    hook = p.model.encoder.register_forward_hook(lambda *a: calls.append(1))
+    obs = {k: np.random.default_rng(0).random((1, p.config.n_obs_steps, *m.shape), np.float32)
+           for k, m in p.config.shape_meta.obs.items()}
+    a = p.predict(obs, generator=torch.Generator().manual_seed(0), cache=cache).action_pred
+    n_skipping = len(calls)
+    b = p.predict(obs, generator=torch.Generator().manual_seed(0), cache=Plain()).action_pred
+    hook.remove()
+    np.testing.assert_array_equal(a, b)
+    ca = [i for i, blk in enumerate(p.model.blocks()) if blk.kind == BlockKind.CROSS_ATTN]
+    steps_with_ca = sum(any(row[i] for i in ca) for row in sched.table())
+    assert n_skipping == steps_with_ca < 10 and len(calls) - n_skipping == 10

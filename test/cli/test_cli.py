@@ -38,6 +38,17 @@ def test_bench_json_structure():
     assert all(r["action_rel_err"] == 0 and r["blocks_computed_frac"] == 1 for r in full)
 
 
+
+def test_bench_single_method_times_full_as_reference():
+    """`--methods uniform` alone still has its speedup column (full is always timed; it
+    used to crash formatting a missing reference)."""
+    out = subprocess.run([*BAC, "bench", "--random-policy", "lowdim", "--n-layer", "2",
+                          "--n-emb", "32", "--ddpm-steps", "10", "--ddim-steps", "0",
+                          "--budget", "3", "--repeats", "1", "--methods", "uniform"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| DDPM | full |" in out.stdout and "| DDPM | uniform |" in out.stdout
+
 def test_replay_cli_reports_latency(tiny_files):
     """`bac replay BAG --compare-full --json` runs the node twice and reports both."""
     out = subprocess.run([*BAC, "replay", str(BAG), "--checkpoint", tiny_files["checkpoint"],

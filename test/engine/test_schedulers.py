@@ -43,3 +43,32 @@ def test_bad_scheduler_config_names_field(field, value):
     """Invalid settings raise ValueError naming the field."""
     with pytest.raises(ValueError, match=field):
         NoiseSchedulerConfig(**{field: value})
+
+
+@pytest.mark.parametrize("variance_type, clip, prediction, k", [
+    ("fixed_small", True, "epsilon", 100), ("fixed_small_log", False, "epsilon", 100),
+    ("fixed_large", True, "sample", 20), ("fixed_large", False, "v_prediction", 7)])
+def test_fast_ddpm_step_is_bit_identical_to_diffusers(variance_type, clip, prediction, k):
+    """FastDDPMStep (constants precomputed once) reproduces diffusers' DDPM step exactly, noise
+    included, for every step of the chunk; unsupported settings are left to diffusers."""
+    from bac_ros.engine.schedulers import FastDDPMStep
+
+    s = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2",
+                      variance_type=variance_type, clip_sample=clip, prediction_type=prediction)
+    s.set_timesteps(k)
+    fast = FastDDPMStep(s)
+    x = torch.randn(3, 16, 2) * 2
+    ga, gb = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = b = x
+    for i, t in enumerate(s.timesteps):
+        eps = torch.randn(3, 16, 2, generator=torch.Generator().manual_seed(i))
+        a = s.step(eps, t, a, generator=ga).prev_sample
+        b = fast(i, eps, b, generator=gb)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True,
+                                   msg=f"step {i} (t={int(t)})")
+    assert fast.matches(s)
+    s.set_timesteps(k - 1)
+    assert not fast.matches(s)
+    assert not FastDDPMStep.supports(DDPMScheduler(variance_type="learned_range"))
+    assert not FastDDPMStep.supports(DDPMScheduler(thresholding=True))
+    assert not FastDDPMStep.supports(DDIMScheduler())
