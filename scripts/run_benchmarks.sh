@@ -16,9 +16,17 @@ for S in 30 10; do
   "$BAC" bench --budget "$S" --ddim-steps 0 --repeats 10 \
     --markdown "$OUT/bundled_lowdim_S$S.md" --json "$@" > "$OUT/bundled_lowdim_S$S.json"
 done
+# The default camera policy and its bundled Uniform S=30 schedule (held-out observations from
+# the bundled bag).
+"$BAC" bench "$ROOT/data/policies/pusht_image.safetensors" --budget 30 --ddim-steps 0 \
+  --repeats 20 --markdown "$OUT/bundled_image_S30.md" --json "$@" > "$OUT/bundled_image_S30.json"
 export AMENT_PREFIX_PATH=$ROOT/.venv ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 101))}
 "$BAC" replay --checkpoint "$ROOT/data/policies/pusht_lowdim.safetensors" \
   --schedule "$ROOT/data/policies/pusht_lowdim.schedule.yaml" --compare-full --json \
   > "$OUT/replay_lowdim.json"
+"$BAC" replay "$ROOT/data/pusht/pusht_rollout" \
+  --checkpoint "$ROOT/data/policies/pusht_image.safetensors" \
+  --schedule "$ROOT/data/policies/pusht_image.schedule.yaml" --compare-full --json \
+  > "$OUT/replay_image.json"
 echo "tables in $OUT"

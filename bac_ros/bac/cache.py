@@ -14,17 +14,20 @@ class ScheduledBlockCache:
     """Implements ``bac.interface.BlockCache`` for a static schedule.
 
     The compute table is a plain list of lists (a Python list index is far cheaper
-    than a tensor index in the hot loop). Buffers are allocated once per shape and
-    reused every chunk: ``store`` copies into them, so addresses stay fixed (what
-    CUDA graph capture needs).
+    than a tensor index in the hot loop). Eagerly, ``store`` keeps a reference to the
+    block's output (a fresh tensor nothing writes to again: a copy would cost 24 copies per
+    computed step). With ``static_buffers`` the outputs are copied into buffers allocated
+    once per shape, so addresses stay fixed across chunks (what CUDA graph capture needs).
     """
 
-    def __init__(self, schedule: CacheSchedule, blocks: Sequence[BlockInfo]):
+    def __init__(self, schedule: CacheSchedule, blocks: Sequence[BlockInfo],
+                 static_buffers: bool = False):
         names = [b.name for b in blocks]
         if names != schedule.block_names:
             raise ValueError("schedule blocks do not match the model's blocks; use "
                              "CacheSchedule.check_compatible first.")
         self.schedule = schedule
+        self.static_buffers = static_buffers
         self._table = schedule.table()
         self._row_counts = [sum(row) for row in self._table]
         self._row: list[bool] = self._table[0]
@@ -37,6 +40,7 @@ class ScheduledBlockCache:
         self._stored = [False] * len(names)
         self._step = -1
         self._computed = 0
+        self._total: torch.Tensor | None = None  # sum of every buffer, while none changes
 
     @property
     def num_steps(self) -> int:
@@ -53,6 +57,7 @@ class ScheduledBlockCache:
     def reset(self) -> None:
         self._step = -1
         self._computed = 0
+        self._total = None
         self._stored = [False] * len(self._buffers)
 
     def set_step(self, step_index: int) -> None:
@@ -76,12 +81,30 @@ class ScheduledBlockCache:
         return self._row[block_index] or not self._stored[block_index]
 
     def store(self, block_index: int, delta: torch.Tensor) -> None:
+        self._stored[block_index] = True
+        self._total = None
+        if not self.static_buffers:
+            self._buffers[block_index] = delta
+            return
         buf = self._buffers[block_index]
         if buf is None or buf.shape != delta.shape or buf.dtype != delta.dtype \
                 or buf.device != delta.device:
             buf = self._buffers[block_index] = torch.empty_like(delta)
         buf.copy_(delta)
-        self._stored[block_index] = True
+
+    def reused_total(self) -> torch.Tensor | None:
+        """On a step where no block computes (and every block holds an output), the sum of
+        all cached outputs: the model adds it to its input once instead of block by block
+        (equal up to float rounding of the summation order; most steps of a Uniform
+        schedule are such steps). None on any other step."""
+        if self._row_counts[self._step] or not all(self._stored):
+            return None
+        if self._total is None:
+            total = self._buffers[0].clone()
+            for buf in self._buffers[1:]:
+                total += buf
+            self._total = total
+        return self._total
 
     def load(self, block_index: int) -> torch.Tensor:
         return self._buffers[block_index]

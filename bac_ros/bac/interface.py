@@ -70,6 +70,8 @@ class BlockCache(Protocol):
 # computes at the current step. A model may then skip inputs only those blocks read (DP-T
 # skips its condition encoder, read only by cross-attention, on steps where every
 # cross-attention block is reused); a cache without it gets everything computed.
+# Optional too: ``reused_total() -> Tensor | None``, on a step where no block computes, the
+# sum of every cached output (the model adds it once instead of block by block).
 
 
 # Called with (block_index, delta) for every computed block; used by

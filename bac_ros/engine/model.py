@@ -253,6 +253,10 @@ class TransformerForDiffusion(nn.Module):
             for fn in self._block_fns:
                 x = x + fn(x, memory, mask, memory_mask)
             return x
+        reused_total = getattr(cache, "reused_total", None) if observer is None else None
+        total = reused_total() if reused_total is not None else None
+        if total is not None:  # no block computes at this step: add the cached sum once
+            return x + total
         for b, fn in enumerate(self._block_fns):
             if cache is None or cache.should_compute(b):
                 delta = fn(x, memory, mask, memory_mask)

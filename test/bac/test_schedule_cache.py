@@ -107,13 +107,20 @@ def test_cache_bounds_and_block_mismatch(policy):
 
 
 def test_buffers_reused_across_chunks(policy):
-    """Cache buffers are allocated once and keep their addresses across chunks."""
-    cache = ScheduledBlockCache(_sched(policy, "uniform", 4), policy.model.blocks())
+    """static_buffers: allocated once, addresses kept across chunks (CUDA graphs); the
+    default keeps references to the outputs instead, with the same actions."""
+    sched = _sched(policy, "uniform", 4)
+    cache = ScheduledBlockCache(sched, policy.model.blocks(), static_buffers=True)
     cond = policy.encode_condition(random_obs(policy))
-    policy.denoise(cond, policy.make_noise(1), cache=cache)
+    a = policy.denoise(cond, policy.make_noise(1, torch.Generator().manual_seed(1)),
+                       cache=cache, generator=torch.Generator().manual_seed(2))
     ptrs = [b.data_ptr() for b in cache._buffers]
     policy.denoise(cond, policy.make_noise(1), cache=cache)
     assert [b.data_ptr() for b in cache._buffers] == ptrs
+    b = policy.denoise(cond, policy.make_noise(1, torch.Generator().manual_seed(1)),
+                       cache=ScheduledBlockCache(sched, policy.model.blocks()),
+                       generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
 
 
 def test_flops_ratio_and_fraction(policy):
