@@ -34,6 +34,8 @@ class BenchConfig:
     schedule: object = None  # a CacheSchedule to time beside the calibrated methods
     heldout: list | None = None  # observations for action_rel_err (else the timed random obs)
     calibration: list | None = None  # observations to calibrate on (else one random obs)
+    compile: bool = False  # also time every method compiled (bac.compiled, inductor)
+    max_graphs: int = 8  # compiled methods with more distinct compute masks are skipped
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.warmup < 0 or self.batch < 1:
@@ -79,15 +81,31 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
             scheds[f"schedule {extra.schedule_id} ({extra.method} S={extra.budget})"] = extra
         caches = {m: None if m == "full" else ScheduledBlockCache(s, blocks)
                   for m, s in scheds.items()}
+        backend = {m: "eager" for m in scheds}
+        if cfg.compile:
+            from bac_ros.bac.compiled import CompiledSchedule
+
+            for m, s in list(scheds.items()):
+                try:
+                    runner = CompiledSchedule(policy.model, None if m == "full" else s, K,
+                                              max_graphs=cfg.max_graphs)
+                except ValueError as exc:  # too many distinct masks to compile
+                    env.setdefault("not_compiled", []).append(f"{kind}-{K} {m}: {exc}")
+                    continue
+                scheds[f"{m} [compiled]"], caches[f"{m} [compiled]"] = s, runner
+                backend[f"{m} [compiled]"] = "inductor"
+        compile_s = {}
         autocast = torch.autocast(device.type, dtype=dtype) if dtype else torch.no_grad()
         with torch.no_grad(), autocast:
             cond = policy.encode_condition(obs)
             noise = policy.make_noise(cfg.batch, torch.Generator().manual_seed(0))
             outs, times = {}, {m: [] for m in scheds}
-            for m in scheds:  # warm-up, and the reference outputs with the same noise
+            for m in scheds:  # warm-up (compiles), and the reference outputs, same noise
+                t0 = time.perf_counter()
                 for _ in range(max(1, cfg.warmup)):
                     outs[m] = policy.denoise(cond, noise, cache=caches[m],
                                              generator=torch.Generator().manual_seed(0))
+                compile_s[m] = time.perf_counter() - t0
             bar = tqdm(total=cfg.repeats * len(scheds), desc=f"{kind.upper()}-{K}",
                        disable=not progress)
             for _ in range(cfg.repeats):  # interleaved: machine noise hits every method alike
@@ -101,6 +119,8 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
                     bar.update(1)
             bar.close()
         full_p50 = float(np.median(times["full"])) if "full" in times else None
+        full_compiled_p50 = float(np.median(times["full [compiled]"])) \
+            if "full [compiled]" in times else None
         rels = _heldout_rel_err(policy, cfg.heldout, scheds, caches) if cfg.heldout else None
         ref = outs.get("full")
         for m, s in scheds.items():
@@ -116,6 +136,12 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
                 "chunk_ms_p95": float(np.percentile(t, 95)),
                 "chunk_ms_p99": float(np.percentile(t, 99)),
                 "speedup_vs_full": full_p50 / float(np.median(t)) if full_p50 else None,
+                # vs full compute on the same backend (compiled vs compiled, eager vs eager)
+                "speedup_vs_backend_full": (full_compiled_p50 if backend[m] == "inductor"
+                                            else full_p50) / float(np.median(t))
+                if (full_compiled_p50 if backend[m] == "inductor" else full_p50) else None,
+                "backend": backend[m], "dtype": cfg.dtype,
+                "warmup_s": round(compile_s[m], 3),
                 "action_rel_err": rel,
                 "blocks_computed_frac": round(s.computed_fraction, 4),
                 "flops_ratio": s.flops_ratio,
@@ -137,15 +163,20 @@ def _heldout_rel_err(policy, heldout: list, scheds: dict, caches: dict) -> dict:
 
 
 def format_markdown(rows: list[dict], env: dict) -> str:
+    compiled = any(r.get("backend") == "inductor" for r in rows)
     head = (f"Device: {env['device']}; torch {env['torch']}; dtype {env['dtype']}; batch "
             f"{env['batch']}; policy {env['policy']} ({env['fingerprint']}); action rel. err "
             f"on {env['action_rel_err_on']}\n\n"
             "| scheduler | method | K | S | chunk ms p50 | p95 | p99 | speedup vs full | "
-            "action rel. err | blocks computed | FLOPs ratio |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "action rel. err | blocks computed | FLOPs ratio |" + (
+                " backend | speedup vs same-backend full | warm-up s |" if compiled else "")
+            + "\n|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if compiled
+                                                                 else "") + "\n")
     return head + "".join(
         f"| {r['scheduler'].upper()} | {r['method']} | {r['steps']} | {r['S'] or '-'} | "
         f"{r['chunk_ms_p50']:.1f} | {r['chunk_ms_p95']:.1f} | {r['chunk_ms_p99']:.1f} | "
         f"{r['speedup_vs_full']:.2f}x | {r['action_rel_err']:.4f} | "
-        f"{100 * r['blocks_computed_frac']:.1f}% | {r['flops_ratio'] or 1.0:.2f}x |\n"
+        f"{100 * r['blocks_computed_frac']:.1f}% | {r['flops_ratio'] or 1.0:.2f}x |" + (
+            f" {r['backend']} | {r['speedup_vs_backend_full']:.2f}x | {r['warmup_s']:.1f} |"
+            if compiled else "") + "\n"
         for r in rows)

@@ -30,6 +30,11 @@ def register(subparsers) -> None:
                    help="methods to time; full compute is always timed too (it is the "
                         "reference of the speedup and error columns)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    p.add_argument("--compile", action="store_true",
+                   help="also time every method compiled (torch.compile/inductor, one graph "
+                        "per distinct compute mask of the schedule; warm-up compiles)")
+    p.add_argument("--max-graphs", type=int, default=8,
+                   help="--compile: skip methods with more distinct compute masks than this")
     p.add_argument("--random-policy", choices=("lowdim", "image"), default=None,
                    help="benchmark a seeded random DP-T of --n-layer/--n-emb instead")
     p.add_argument("--n-layer", type=int, default=8)
@@ -96,9 +101,12 @@ def run(args) -> int:
                       bua_top_n=args.bua_top_n, repeats=args.repeats, warmup=args.warmup,
                       batch=args.batch, dtype=args.dtype,
                       methods=["full"] + [m for m in args.methods if m != "full"],
-                      schedule=schedule, heldout=heldout, calibration=calibration)
+                      schedule=schedule, heldout=heldout, calibration=calibration,
+                      compile=args.compile, max_graphs=args.max_graphs)
     rows, env = run_benchmark(policy, cfg, progress=not args.json)
     table = format_markdown(rows, env)
+    for note in env.get("not_compiled", []):
+        table += f"\nNot compiled: {note}\n"
     if args.markdown:
         from bac_ros.io_utils import atomic_write_text
 

@@ -9,7 +9,7 @@ unchanged, and the output matches torch's layer in eval mode.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
@@ -246,6 +246,46 @@ class TransformerForDiffusion(nn.Module):
             x = self.drop(input_emb + self.pos_emb[:, : input_emb.shape[1], :])
             x = self._run_blocks(x, memory, cache, observer)
         return self.head(self.ln_f(x))  # (B, T, output_dim)
+
+    def forward_masked(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        cond: Optional[torch.Tensor],
+        mask: tuple[bool, ...],
+        cached: Sequence[Optional[torch.Tensor]],
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward`` with a fixed compute mask: block b computes where ``mask[b]``, else
+        adds ``cached[b]``. Pure (no cache object, no Python state), so ``torch.compile`` turns
+        each distinct mask of a static schedule into one graph (``bac.compiled``). Returns the
+        output and the outputs of the computed blocks, in block order."""
+        B = sample.shape[0]
+        timestep = timestep.reshape(1).expand(B)
+        input_emb = self.input_emb(sample)
+        memory = None
+        if self.encoder_only:
+            time_emb = self.time_emb(timestep).unsqueeze(1).to(sample.dtype)
+            tokens = torch.cat([time_emb, input_emb], dim=1)
+            x = self.drop(tokens + self.pos_emb[:, : tokens.shape[1], :])
+        else:
+            if any(m for m, info in zip(mask, self._blocks) if info.kind == BlockKind.CROSS_ATTN):
+                cond_emb = self.time_emb(timestep).unsqueeze(1).to(sample.dtype)
+                if self.cond_obs_emb is not None:
+                    cond_emb = torch.cat([cond_emb, self.cond_obs_emb(cond)], dim=1)
+                memory = self.encoder(self.drop(cond_emb +
+                                                self.cond_pos_emb[:, : cond_emb.shape[1]]))
+            x = self.drop(input_emb + self.pos_emb[:, : input_emb.shape[1], :])
+        computed = []
+        for b, fn in enumerate(self._block_fns):
+            if mask[b]:
+                delta = fn(x, memory, self.mask, self.memory_mask)
+                computed.append(delta)
+            else:
+                delta = cached[b]
+            x = x + delta
+        if self.encoder_only:
+            x = x[:, 1:, :]
+        return self.head(self.ln_f(x)), computed
 
     def _run_blocks(self, x, memory, cache, observer):
         mask, memory_mask = self.mask, self.memory_mask

@@ -164,6 +164,7 @@ class DiffusionPolicy(nn.Module):
             cache.reset()
         timesteps = self.scheduler.timesteps
         fast = self._fast_step()
+        run_model = getattr(cache, "run_model", None) if observer is None else None
         # One host->device copy per chunk instead of one per step; the scheduler keeps the
         # CPU value (its tables live on the CPU).
         timesteps_dev = timesteps.to(sample.device)
@@ -174,7 +175,10 @@ class DiffusionPolicy(nn.Module):
             if cache is not None:
                 cache.set_step(k)
             step_obs = None if observer is None else (lambda b, d, k=k: observer(k, b, d))
-            eps = self.model(sample, timesteps_dev[k], cond, cache=cache, observer=step_obs)
+            if run_model is not None:  # compiled execution (bac.compiled.CompiledSchedule)
+                eps = run_model(k, sample, timesteps_dev[k], cond)
+            else:
+                eps = self.model(sample, timesteps_dev[k], cond, cache=cache, observer=step_obs)
             sample = fast(k, eps, sample, generator) if fast is not None else \
                 self.scheduler.step(eps, t, sample, generator=generator).prev_sample
             if inpaint is not None:

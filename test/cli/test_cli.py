@@ -31,7 +31,7 @@ def test_bench_json_structure():
         (s, m) for s in ("ddpm", "ddim") for m in ("full", "uniform", "shared_acs", "acs", "bac")}
     for r in rows:
         for key in ("method", "steps", "chunk_ms_p50", "chunk_ms_p99", "speedup_vs_full",
-                    "action_rel_err", "blocks_computed_frac"):
+                    "action_rel_err", "blocks_computed_frac", "backend", "dtype"):
             assert key in r
         assert r["chunk_ms_p50"] > 0
     full = [r for r in rows if r["method"] == "full"]
@@ -48,6 +48,23 @@ def test_bench_single_method_times_full_as_reference():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| DDPM | full |" in out.stdout and "| DDPM | uniform |" in out.stdout
+
+
+def test_bench_compile_rows():
+    """`--compile` adds compiled rows (backend inductor) beside the eager ones, each with its
+    speedup over full compute on the same backend and the same actions."""
+    out = subprocess.run([*BAC, "bench", "--random-policy", "lowdim", "--n-layer", "2",
+                          "--n-emb", "32", "--ddpm-steps", "10", "--ddim-steps", "0",
+                          "--budget", "3", "--repeats", "1", "--methods", "uniform",
+                          "--compile", "--json"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {r["method"]: r for r in json.loads(out.stdout)}
+    assert set(rows) == {"full", "uniform", "full [compiled]", "uniform [compiled]"}
+    assert rows["uniform [compiled]"]["backend"] == "inductor" == rows["full [compiled]"]["backend"]
+    assert rows["uniform"]["backend"] == "eager" and rows["uniform"]["dtype"] == "float32"
+    assert rows["full [compiled]"]["speedup_vs_backend_full"] == 1.0
+    assert abs(rows["uniform [compiled]"]["action_rel_err"] - rows["uniform"]["action_rel_err"]) \
+        < 1e-4
 
 def test_replay_cli_reports_latency(tiny_files):
     """`bac replay BAG --compare-full --json` runs the node twice and reports both."""
