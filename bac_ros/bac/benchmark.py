@@ -121,15 +121,10 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
         full_p50 = float(np.median(times["full"])) if "full" in times else None
         full_compiled_p50 = float(np.median(times["full [compiled]"])) \
             if "full [compiled]" in times else None
-        rels = _heldout_rel_err(policy, cfg.heldout, scheds, caches) if cfg.heldout else None
-        ref = outs.get("full")
+        rels, rels32 = _rel_errs(policy, cfg.heldout or [obs], scheds, caches, dtype)
         for m, s in scheds.items():
             t = np.array(times[m])
-            if rels is not None:
-                rel = rels[m]
-            else:
-                rel = float((outs[m] - ref).norm() / ref.norm().clamp_min(1e-12)) \
-                    if ref is not None else None
+            rel = rels[m]
             rows.append({
                 "method": m, "scheduler": kind, "steps": K, "S": s.budget,
                 "chunk_ms_p50": float(np.percentile(t, 50)),
@@ -143,6 +138,8 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
                 "backend": backend[m], "dtype": cfg.dtype,
                 "warmup_s": round(compile_s[m], 3),
                 "action_rel_err": rel,
+                # vs full compute in float32 (differs from the above for float16/bfloat16)
+                "action_rel_err_vs_fp32": rels32[m],
                 "blocks_computed_frac": round(s.computed_fraction, 4),
                 "flops_ratio": s.flops_ratio,
                 "step_ms_p50": float(np.percentile(t, 50)) / K,
@@ -151,32 +148,47 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
 
 
 @torch.no_grad()
-def _heldout_rel_err(policy, heldout: list, scheds: dict, caches: dict) -> dict:
-    """||a - a_full|| / ||a_full|| on held-out observations (batched, same noise)."""
-    cond = torch.cat([policy.encode_condition(o) for o in heldout])
-    noise = policy.make_noise(cond.shape[0], torch.Generator().manual_seed(123))
-    run = {m: policy.denoise(cond, noise, cache=caches[m],
-                             generator=torch.Generator().manual_seed(123)) for m in scheds}
-    ref = run["full"] if "full" in run else policy.denoise(
-        cond, noise, generator=torch.Generator().manual_seed(123))
-    return {m: float((o - ref).norm() / ref.norm().clamp_min(1e-12)) for m, o in run.items()}
+def _rel_errs(policy, obs_batches: list, scheds: dict, caches: dict, dtype) -> tuple[dict, dict]:
+    """||a - a_ref|| / ||a_ref|| per method on ``obs_batches`` (batched, same noise for every
+    method), against full compute in the benchmark's dtype and against full compute in
+    float32 (the half-precision rows' real error)."""
+    import contextlib
+
+    cond32 = torch.cat([policy.encode_condition(o) for o in obs_batches])
+    noise = policy.make_noise(cond32.shape[0], torch.Generator().manual_seed(123))
+    ref32 = policy.denoise(cond32, noise, generator=torch.Generator().manual_seed(123))
+    ctx = torch.autocast(policy.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    with ctx:
+        cond = torch.cat([policy.encode_condition(o) for o in obs_batches])
+        run = {m: policy.denoise(cond, noise, cache=caches[m],
+                                 generator=torch.Generator().manual_seed(123)).float()
+               for m in scheds}
+    ref = run["full"] if "full" in run else ref32
+
+    def rel(o, r):
+        return float((o - r).norm() / r.norm().clamp_min(1e-12))
+
+    return {m: rel(o, ref) for m, o in run.items()}, {m: rel(o, ref32) for m, o in run.items()}
 
 
 def format_markdown(rows: list[dict], env: dict) -> str:
     compiled = any(r.get("backend") == "inductor" for r in rows)
+    half = env.get("dtype") != "float32"
     head = (f"Device: {env['device']}; torch {env['torch']}; dtype {env['dtype']}; batch "
             f"{env['batch']}; policy {env['policy']} ({env['fingerprint']}); action rel. err "
             f"on {env['action_rel_err_on']}\n\n"
             "| scheduler | method | K | S | chunk ms p50 | p95 | p99 | speedup vs full | "
             "action rel. err | blocks computed | FLOPs ratio |" + (
+                " action rel. err vs fp32 full |" if half else "") + (
                 " backend | speedup vs same-backend full | warm-up s |" if compiled else "")
-            + "\n|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if compiled
-                                                                 else "") + "\n")
+            + "\n|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if half else "")
+            + ("---|---|---|" if compiled else "") + "\n")
     return head + "".join(
         f"| {r['scheduler'].upper()} | {r['method']} | {r['steps']} | {r['S'] or '-'} | "
         f"{r['chunk_ms_p50']:.1f} | {r['chunk_ms_p95']:.1f} | {r['chunk_ms_p99']:.1f} | "
         f"{r['speedup_vs_full']:.2f}x | {r['action_rel_err']:.4f} | "
         f"{100 * r['blocks_computed_frac']:.1f}% | {r['flops_ratio'] or 1.0:.2f}x |" + (
+            f" {r['action_rel_err_vs_fp32']:.4f} |" if half else "") + (
             f" {r['backend']} | {r['speedup_vs_backend_full']:.2f}x | {r['warmup_s']:.1f} |"
             if compiled else "") + "\n"
         for r in rows)
