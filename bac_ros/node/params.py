@@ -43,6 +43,11 @@ class NodeConfig:
         "cap on executor callbacks per second (messages, timers, services): input beyond it "
         "is dropped by DDS (best effort, newest kept), so a kHz driver cannot starve "
         "inference and the command stream of CPU", True, 10.0, 1e6))
+    compile: bool = field(default=False, metadata=meta(
+        "run the denoiser compiled (torch.compile/inductor, one graph per distinct compute mask "
+        "of the schedule, compiled during configure's warm-up: tens of seconds on a CPU); "
+        "schedules with more than 8 distinct masks, runtime changes of K and the first chunk "
+        "after a schedule hot-swap run or compile on the inference worker", True))
     warmup_iterations: int = field(default=2, metadata=meta(
         "inferences run at start to warm up the device", True, 0, 100))
     seed: int = field(default=0, metadata=meta(

@@ -296,13 +296,13 @@ class PolicyNode(LifecycleNode):
         self.runtime = PolicyRuntime(cfg, log=log.warning)
         pc = self.runtime.config
         self._check_runtime_constraints(cfg)
-        if cfg.warmup_iterations:
+        if cfg.warmup_iterations or cfg.compile:
             t = time.perf_counter()
             self._warmup_ms = self.runtime.warmup(cfg.warmup_iterations)
+            last = f"{self._warmup_ms[-1]:.0f} ms" if self._warmup_ms else "-"
             log.info(f"warm-up: {cfg.warmup_iterations} inferences in "
-                     f"{1000 * (time.perf_counter() - t):.0f} ms (last "
-                     f"{self._warmup_ms[-1]:.0f} ms); torch threads "
-                     f"{torch.get_num_threads()} intra-op")
+                     f"{1000 * (time.perf_counter() - t):.0f} ms (last {last}); torch "
+                     f"threads {torch.get_num_threads()} intra-op; compiled {cfg.compile}")
         rgb_keys, low_keys = pc.shape_meta.rgb_keys, pc.shape_meta.low_dim_keys
         if len(cfg.image_topics) < len(rgb_keys):
             raise ConfigureError(f"the policy has {len(rgb_keys)} cameras {rgb_keys} but only "
@@ -761,6 +761,7 @@ class PolicyNode(LifecycleNode):
         lat = self._latency_msg()
         values = dict(c)
         values["lifecycle_state"] = self.lifecycle_state
+        values["compiled"] = bool(self.runtime is not None and self.runtime.compiled)
         values.update(total_p50_ms=round(lat.total_p50_ms, 3), total_p99_ms=round(
             lat.total_p99_ms, 3), achieved_rate_hz=round(lat.achieved_rate_hz, 3),
             bac_enabled=self.cfg.bac_enabled and self.runtime.schedule is not None,

@@ -79,6 +79,24 @@ class PolicyRuntime:
                                          "instead)") from exc
                 log(f"BAC disabled, running full compute: {exc}")
         self.n_blocks = len(self.policy.model.blocks())
+        self.compiled = cfg.compile
+        self.full_runner = None  # compiled full compute (None: eager)
+        if cfg.compile:
+            from bac_ros.bac.compiled import CompiledSchedule
+
+            self.full_runner = CompiledSchedule(self.policy.model, None,
+                                                self.policy.num_inference_steps)
+            if self.schedule is not None:
+                self.cache = self._compiled_or_eager(self.schedule)
+
+    def _compiled_or_eager(self, sched: CacheSchedule):
+        from bac_ros.bac.compiled import CompiledSchedule
+
+        try:
+            return CompiledSchedule(self.policy.model, sched)
+        except ValueError as exc:  # too many distinct masks: eager is the better deal
+            self.log(f"schedule {sched.schedule_id} runs eagerly: {exc}")
+            return ScheduledBlockCache(sched, self.policy.model.blocks())
 
     def load_candidate(self, path: str) -> tuple[CacheSchedule | None, ScheduledBlockCache | None]:
         """Validate a schedule file against the running policy (fingerprint, sampler, K,
@@ -86,6 +104,8 @@ class PolicyRuntime:
         if not path:
             return None, None
         sched = load_schedule(path, policy=self.policy, allow_mismatch=self._allow_mismatch)
+        if getattr(self, "compiled", False):  # new masks compile at its first chunk
+            return sched, self._compiled_or_eager(sched)
         return sched, ScheduledBlockCache(sched, self.policy.model.blocks())
 
     def swap_schedule(self, candidate) -> None:
@@ -122,7 +142,10 @@ class PolicyRuntime:
         with self._swap_lock:  # one consistent (schedule, cache) per chunk
             schedule, cache = self.schedule, self.cache
         use_bac = use_bac and schedule is not None and schedule.num_steps == p.num_inference_steps
-        cache = cache if use_bac else None
+        if not use_bac:  # full compute: compiled when enabled and K still matches
+            full = self.full_runner
+            cache = full if full is not None and full.num_steps == p.num_inference_steps \
+                else None
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
         with self._autocast():
@@ -170,6 +193,11 @@ class PolicyRuntime:
         from bac_ros.engine.testing import random_obs
 
         obs = random_obs(self.policy)
+        if self.compiled:  # compile every graph now, not on the control path
+            t = time.perf_counter()
+            self.infer(obs, seed=0, use_bac=True)
+            self.infer(obs, seed=0, use_bac=False)
+            self.log(f"compiled the denoiser in {time.perf_counter() - t:.1f} s")
         times = []
         for i in range(iterations):
             t = time.perf_counter()

@@ -78,3 +78,20 @@ def test_reduced_precision_autocast_stays_close(lowdim, dtype):
     assert res.actions.dtype == np.float32 and np.isfinite(res.actions).all()
     # actions are in pixels ([0, 512]); reduced precision moves them by far less than 5%
     assert np.abs(res.actions - ref.actions).max() < 0.05 * 512
+
+
+def test_compiled_runtime_matches_eager(lowdim):
+    """compile:=true: the warm-up compiles the schedule's and full compute's graphs, and both
+    give the eager actions for the same observation and seed (float tolerance)."""
+    from bac_ros.bac.compiled import CompiledSchedule
+
+    cfg = NodeConfig(checkpoint=lowdim["checkpoint"], schedule=lowdim["schedule"])
+    eager = PolicyRuntime(cfg)
+    comp = PolicyRuntime(cfg.replace(compile=True))
+    assert isinstance(comp.cache, CompiledSchedule) and comp.full_runner is not None
+    comp.warmup(1)
+    obs = random_obs(eager.policy, seed=5)
+    for use_bac in (True, False):
+        a, b = eager.infer(obs, 7, use_bac), comp.infer(obs, 7, use_bac)
+        np.testing.assert_allclose(b.actions, a.actions, rtol=1e-4, atol=1e-3)
+        assert (a.blocks_computed, a.bac_used) == (b.blocks_computed, b.bac_used)
