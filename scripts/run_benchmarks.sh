@@ -20,6 +20,15 @@ done
 # the bundled bag).
 "$BAC" bench "$ROOT/data/policies/pusht_image.safetensors" --budget 30 --ddim-steps 0 \
   --repeats 20 --markdown "$OUT/bundled_image_S30.md" --json "$@" > "$OUT/bundled_image_S30.json"
+# Compiled execution (one inductor graph per compute mask) and bfloat16, same policy.
+"$BAC" bench "$ROOT/data/policies/pusht_image.safetensors" --budget 30 --ddim-steps 0 \
+  --repeats 15 --compile --markdown "$OUT/bundled_image_S30_compiled.md" --json "$@" \
+  > "$OUT/bundled_image_S30_compiled.json"
+for extra in "" "--compile"; do
+  "$BAC" bench "$ROOT/data/policies/pusht_image.safetensors" --budget 30 --ddim-steps 0 \
+    --repeats 10 --dtype bfloat16 --methods uniform $extra \
+    --markdown "$OUT/bundled_image_S30_bf16${extra:+_compiled}.md" "$@" > /dev/null
+done
 export AMENT_PREFIX_PATH=$ROOT/.venv ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 101))}
 "$BAC" replay --checkpoint "$ROOT/data/policies/pusht_lowdim.safetensors" \
@@ -29,4 +38,8 @@ export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 101))}
   --checkpoint "$ROOT/data/policies/pusht_image.safetensors" \
   --schedule "$ROOT/data/policies/pusht_image.schedule.yaml" --compare-full --json \
   > "$OUT/replay_image.json"
+"$BAC" replay "$ROOT/data/pusht/pusht_rollout" \
+  --checkpoint "$ROOT/data/policies/pusht_image.safetensors" \
+  --schedule "$ROOT/data/policies/pusht_image.schedule.yaml" --compare-full --json \
+  --param compile:=true > "$OUT/replay_image_compiled.json"
 echo "tables in $OUT"
