@@ -24,6 +24,10 @@ done
 "$BAC" bench "$ROOT/data/policies/pusht_image.safetensors" --budget 30 --ddim-steps 0 \
   --repeats 15 --compile --markdown "$OUT/bundled_image_S30_compiled.md" --json "$@" \
   > "$OUT/bundled_image_S30_compiled.json"
+for N in 1 2 4 8; do  # N robots in one batched forward
+  "$BAC" bench "$ROOT/data/policies/pusht_image.safetensors" --budget 30 --ddim-steps 0 \
+    --repeats 8 --batch "$N" --methods uniform --compile --json "$@" > "$OUT/batch_$N.json"
+done
 for extra in "" "--compile"; do
   "$BAC" bench "$ROOT/data/policies/pusht_image.safetensors" --budget 30 --ddim-steps 0 \
     --repeats 10 --dtype bfloat16 --methods uniform $extra \
