@@ -82,9 +82,10 @@ class CompiledSchedule:
 
     def run_model(self, step_index: int, sample, timestep, cond) -> torch.Tensor:
         mask = self._masks[step_index]
-        # The recompile limit is raised only around this call's lookup: every mask gets its own
-        # graph (warm-up compiles them; afterwards no call compiles).
-        with torch._dynamo.config.patch(recompile_limit=self._max_graphs + 2):
+        # The recompile limit is raised only around this call: every mask gets its own graph
+        # (warm-up compiles them; afterwards no call compiles). Dynamo counts graphs per code
+        # object, i.e. over every model and batch size in the process, hence the headroom.
+        with torch._dynamo.config.patch(recompile_limit=64 + self._max_graphs):
             out, computed = self._fn(sample, timestep, cond, mask, self._cached)
         it = iter(computed)
         for b, m in enumerate(mask):
