@@ -226,9 +226,7 @@ class TransformerForDiffusion(nn.Module):
         input_emb = self.input_emb(sample)  # (B, T, n_emb)
 
         if self.encoder_only:
-            time_emb = self.time_emb(timestep.expand(B)).unsqueeze(1).to(sample.dtype)
-            tokens = torch.cat([time_emb, input_emb], dim=1)  # (B, T+1, n_emb)
-            x = self.drop(tokens + self.pos_emb[:, : tokens.shape[1], :])
+            x = self._time_tokens(timestep.expand(B), input_emb, sample.dtype)
             x = self._run_blocks(x, None, cache, observer)
             x = x[:, 1:, :]
         else:
@@ -238,14 +236,26 @@ class TransformerForDiffusion(nn.Module):
             computes_kind = getattr(cache, "computes_kind", None)
             if computes_kind is None or observer is not None or \
                     computes_kind(BlockKind.CROSS_ATTN):
-                cond_emb = self.time_emb(timestep.expand(B)).unsqueeze(1).to(sample.dtype)
-                if self.cond_obs_emb is not None:
-                    cond_emb = torch.cat([cond_emb, self.cond_obs_emb(cond)], dim=1)  # (B,Tc,C)
-                memory = self.encoder(self.drop(cond_emb +
-                                                self.cond_pos_emb[:, : cond_emb.shape[1]]))
+                memory = self._memory(timestep.expand(B), cond, sample.dtype)
             x = self.drop(input_emb + self.pos_emb[:, : input_emb.shape[1], :])
             x = self._run_blocks(x, memory, cache, observer)
         return self.head(self.ln_f(x))  # (B, T, output_dim)
+
+    def _time_tokens(self, timestep: torch.Tensor, input_emb: torch.Tensor, dtype
+                     ) -> torch.Tensor:
+        """Encoder-only mode's input: the time token before the action tokens, positions
+        added. ``timestep`` is (B,); ``dtype`` is the sample's."""
+        time_emb = self.time_emb(timestep).unsqueeze(1).to(dtype)
+        tokens = torch.cat([time_emb, input_emb], dim=1)  # (B, T+1, n_emb)
+        return self.drop(tokens + self.pos_emb[:, : tokens.shape[1], :])
+
+    def _memory(self, timestep: torch.Tensor, cond: Optional[torch.Tensor], dtype) -> torch.Tensor:
+        """The condition encoder's output (time token + observation tokens), read only by
+        cross-attention. ``timestep`` is (B,)."""
+        cond_emb = self.time_emb(timestep).unsqueeze(1).to(dtype)  # (B, 1, n_emb)
+        if self.cond_obs_emb is not None:
+            cond_emb = torch.cat([cond_emb, self.cond_obs_emb(cond)], dim=1)  # (B, Tc, C)
+        return self.encoder(self.drop(cond_emb + self.cond_pos_emb[:, : cond_emb.shape[1]]))
 
     def forward_masked(
         self,
@@ -264,16 +274,10 @@ class TransformerForDiffusion(nn.Module):
         input_emb = self.input_emb(sample)
         memory = None
         if self.encoder_only:
-            time_emb = self.time_emb(timestep).unsqueeze(1).to(sample.dtype)
-            tokens = torch.cat([time_emb, input_emb], dim=1)
-            x = self.drop(tokens + self.pos_emb[:, : tokens.shape[1], :])
+            x = self._time_tokens(timestep, input_emb, sample.dtype)
         else:
             if any(m for m, info in zip(mask, self._blocks) if info.kind == BlockKind.CROSS_ATTN):
-                cond_emb = self.time_emb(timestep).unsqueeze(1).to(sample.dtype)
-                if self.cond_obs_emb is not None:
-                    cond_emb = torch.cat([cond_emb, self.cond_obs_emb(cond)], dim=1)
-                memory = self.encoder(self.drop(cond_emb +
-                                                self.cond_pos_emb[:, : cond_emb.shape[1]]))
+                memory = self._memory(timestep, cond, sample.dtype)
             x = self.drop(input_emb + self.pos_emb[:, : input_emb.shape[1], :])
         computed = []
         for b, fn in enumerate(self._block_fns):
