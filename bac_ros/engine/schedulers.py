@@ -49,6 +49,8 @@ class FastDDPMStep:
         if not self.supports(scheduler):
             raise ValueError("FastDDPMStep supports DDPM with a fixed variance, no thresholding")
         self.scheduler = scheduler
+        # set_timesteps always assigns a new tensor: its identity tells whether K changed.
+        self._timesteps = scheduler.timesteps
         self.timesteps = [int(t) for t in scheduler.timesteps]
         cfg = scheduler.config
         self.prediction_type = cfg.prediction_type
@@ -81,9 +83,9 @@ class FastDDPMStep:
             and scheduler.config.prediction_type in ("epsilon", "sample", "v_prediction")
 
     def matches(self, scheduler) -> bool:
-        """Still valid for ``scheduler`` (same object, same timesteps)?"""
-        return scheduler is self.scheduler and len(self.timesteps) == len(
-            scheduler.timesteps) and self.timesteps == [int(t) for t in scheduler.timesteps]
+        """Still valid for ``scheduler`` (same object, same timesteps)? O(1): called once
+        per chunk."""
+        return scheduler is self.scheduler and scheduler.timesteps is self._timesteps
 
     def __call__(self, k: int, model_output: torch.Tensor, sample: torch.Tensor,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -98,8 +100,8 @@ class FastDDPMStep:
         if self.clip is not None:
             x0 = x0.clamp(-self.clip, self.clip)
         prev = x0_coeff * x0 + sample_coeff * sample
-        if var is None:
-            return prev + 0
+        if var is None:  # the last step adds no noise
+            return prev
         noise = randn_tensor(model_output.shape, generator=generator,
                              device=model_output.device, dtype=model_output.dtype)
         return prev + var * noise
