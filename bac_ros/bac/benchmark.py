@@ -94,7 +94,7 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
                     continue
                 scheds[f"{m} [compiled]"], caches[f"{m} [compiled]"] = s, runner
                 backend[f"{m} [compiled]"] = "inductor"
-        compile_s = {}
+        warmup_s = {}
         autocast = torch.autocast(device.type, dtype=dtype) if dtype else torch.no_grad()
         with torch.no_grad(), autocast:
             cond = policy.encode_condition(obs)
@@ -105,7 +105,7 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
                 for _ in range(max(1, cfg.warmup)):
                     outs[m] = policy.denoise(cond, noise, cache=caches[m],
                                              generator=torch.Generator().manual_seed(0))
-                compile_s[m] = time.perf_counter() - t0
+                warmup_s[m] = time.perf_counter() - t0
             bar = tqdm(total=cfg.repeats * len(scheds), desc=f"{kind.upper()}-{K}",
                        disable=not progress)
             for _ in range(cfg.repeats):  # interleaved: machine noise hits every method alike
@@ -136,7 +136,7 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
                                             else full_p50) / float(np.median(t))
                 if (full_compiled_p50 if backend[m] == "inductor" else full_p50) else None,
                 "backend": backend[m], "dtype": cfg.dtype,
-                "warmup_s": round(compile_s[m], 3),
+                "warmup_s": round(warmup_s[m], 3),
                 "action_rel_err": rel,
                 # vs full compute in float32 (differs from the above for float16/bfloat16)
                 "action_rel_err_vs_fp32": rels32[m],

@@ -17,8 +17,6 @@ here (no GPU was lent).
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from bac_ros.bac.schedule import CacheSchedule
@@ -42,7 +40,6 @@ class CompiledSchedule:
         if not all(table[0]):
             raise ValueError("the first step must compute every block (nothing is cached yet)")
         self.schedule = schedule
-        self.backend = backend
         self._masks = [tuple(bool(v) for v in row) for row in table]
         self.distinct_masks = sorted(set(self._masks), key=self._masks.index)
         if len(self.distinct_masks) > max_graphs:
@@ -57,7 +54,6 @@ class CompiledSchedule:
         self._cached: list[torch.Tensor | None] = [None] * n
         self._step = -1
         self._computed = 0
-        self.compile_s = 0.0
 
     # -- BlockCache chunk interface -----------------------------------------------------------
     @property
@@ -92,12 +88,3 @@ class CompiledSchedule:
             if m:
                 self._cached[b] = next(it)
         return out
-
-    def warmup(self, policy, cond: torch.Tensor) -> float:
-        """Compile every mask's graph by denoising one chunk; returns the seconds it took."""
-        t = time.perf_counter()
-        with torch.no_grad():
-            policy.denoise(cond, policy.make_noise(cond.shape[0]), cache=self,
-                           generator=torch.Generator().manual_seed(0))
-        self.compile_s = time.perf_counter() - t
-        return self.compile_s

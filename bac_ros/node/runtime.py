@@ -64,6 +64,7 @@ class PolicyRuntime:
         self.dtype = _DTYPES[cfg.dtype]
         self._allow_mismatch = cfg.bac_allow_fingerprint_mismatch
         self._swap_lock = threading.Lock()
+        self.compiled = cfg.compile
         self.schedule: CacheSchedule | None = None
         self.cache: ScheduledBlockCache | None = None
         if cfg.schedule:
@@ -79,24 +80,24 @@ class PolicyRuntime:
                                          "instead)") from exc
                 log(f"BAC disabled, running full compute: {exc}")
         self.n_blocks = len(self.policy.model.blocks())
-        self.compiled = cfg.compile
         self.full_runner = None  # compiled full compute (None: eager)
         if cfg.compile:
             from bac_ros.bac.compiled import CompiledSchedule
 
             self.full_runner = CompiledSchedule(self.policy.model, None,
                                                 self.policy.num_inference_steps)
-            if self.schedule is not None:
-                self.cache = self._compiled_or_eager(self.schedule)
 
-    def _compiled_or_eager(self, sched: CacheSchedule):
-        from bac_ros.bac.compiled import CompiledSchedule
+    def _cache_for(self, sched: CacheSchedule):
+        """The executor of ``sched``: compiled when ``compile`` is on (its new masks compile
+        at its first chunk), else, or when it has too many distinct masks, eager."""
+        if self.compiled:
+            from bac_ros.bac.compiled import CompiledSchedule
 
-        try:
-            return CompiledSchedule(self.policy.model, sched)
-        except ValueError as exc:  # too many distinct masks: eager is the better deal
-            self.log(f"schedule {sched.schedule_id} runs eagerly: {exc}")
-            return ScheduledBlockCache(sched, self.policy.model.blocks())
+            try:
+                return CompiledSchedule(self.policy.model, sched)
+            except ValueError as exc:  # too many distinct masks: eager is the better deal
+                self.log(f"schedule {sched.schedule_id} runs eagerly: {exc}")
+        return ScheduledBlockCache(sched, self.policy.model.blocks())
 
     def load_candidate(self, path: str) -> tuple[CacheSchedule | None, ScheduledBlockCache | None]:
         """Validate a schedule file against the running policy (fingerprint, sampler, K,
@@ -104,9 +105,7 @@ class PolicyRuntime:
         if not path:
             return None, None
         sched = load_schedule(path, policy=self.policy, allow_mismatch=self._allow_mismatch)
-        if getattr(self, "compiled", False):  # new masks compile at its first chunk
-            return sched, self._compiled_or_eager(sched)
-        return sched, ScheduledBlockCache(sched, self.policy.model.blocks())
+        return sched, self._cache_for(sched)
 
     def swap_schedule(self, candidate) -> None:
         """Make a validated candidate active. The chunk in flight keeps the schedule it started
