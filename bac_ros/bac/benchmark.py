@@ -99,12 +99,12 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
         with torch.no_grad(), autocast:
             cond = policy.encode_condition(obs)
             noise = policy.make_noise(cfg.batch, torch.Generator().manual_seed(0))
-            outs, times = {}, {m: [] for m in scheds}
-            for m in scheds:  # warm-up (compiles), and the reference outputs, same noise
+            times = {m: [] for m in scheds}
+            for m in scheds:  # warm-up (compiled methods compile here)
                 t0 = time.perf_counter()
                 for _ in range(max(1, cfg.warmup)):
-                    outs[m] = policy.denoise(cond, noise, cache=caches[m],
-                                             generator=torch.Generator().manual_seed(0))
+                    policy.denoise(cond, noise, cache=caches[m],
+                                   generator=torch.Generator().manual_seed(0))
                 warmup_s[m] = time.perf_counter() - t0
             bar = tqdm(total=cfg.repeats * len(scheds), desc=f"{kind.upper()}-{K}",
                        disable=not progress)
@@ -118,26 +118,24 @@ def run_benchmark(policy, cfg: BenchConfig, progress: bool = True):
                     times[m].append(1000 * (time.perf_counter() - t0))
                     bar.update(1)
             bar.close()
-        full_p50 = float(np.median(times["full"])) if "full" in times else None
-        full_compiled_p50 = float(np.median(times["full [compiled]"])) \
-            if "full [compiled]" in times else None
+        p50 = {m: float(np.median(t)) for m, t in times.items()}
+        # full compute's p50 per backend: the reference of each row's same-backend speedup
+        full_p50 = {"eager": p50.get("full"), "inductor": p50.get("full [compiled]")}
         rels, rels32 = _rel_errs(policy, cfg.heldout or [obs], scheds, caches, dtype)
         for m, s in scheds.items():
             t = np.array(times[m])
-            rel = rels[m]
+            ref = full_p50[backend[m]]
             rows.append({
                 "method": m, "scheduler": kind, "steps": K, "S": s.budget,
                 "chunk_ms_p50": float(np.percentile(t, 50)),
                 "chunk_ms_p95": float(np.percentile(t, 95)),
                 "chunk_ms_p99": float(np.percentile(t, 99)),
-                "speedup_vs_full": full_p50 / float(np.median(t)) if full_p50 else None,
+                "speedup_vs_full": full_p50["eager"] / p50[m] if full_p50["eager"] else None,
                 # vs full compute on the same backend (compiled vs compiled, eager vs eager)
-                "speedup_vs_backend_full": (full_compiled_p50 if backend[m] == "inductor"
-                                            else full_p50) / float(np.median(t))
-                if (full_compiled_p50 if backend[m] == "inductor" else full_p50) else None,
+                "speedup_vs_backend_full": ref / p50[m] if ref else None,
                 "backend": backend[m], "dtype": cfg.dtype,
                 "warmup_s": round(warmup_s[m], 3),
-                "action_rel_err": rel,
+                "action_rel_err": rels[m],
                 # vs full compute in float32 (differs from the above for float16/bfloat16)
                 "action_rel_err_vs_fp32": rels32[m],
                 "blocks_computed_frac": round(s.computed_fraction, 4),
@@ -154,15 +152,18 @@ def _rel_errs(policy, obs_batches: list, scheds: dict, caches: dict, dtype) -> t
     float32 (the half-precision rows' real error)."""
     import contextlib
 
-    cond32 = torch.cat([policy.encode_condition(o) for o in obs_batches])
-    noise = policy.make_noise(cond32.shape[0], torch.Generator().manual_seed(123))
-    ref32 = policy.denoise(cond32, noise, generator=torch.Generator().manual_seed(123))
     ctx = torch.autocast(policy.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     with ctx:
         cond = torch.cat([policy.encode_condition(o) for o in obs_batches])
+        noise = policy.make_noise(cond.shape[0], torch.Generator().manual_seed(123))
         run = {m: policy.denoise(cond, noise, cache=caches[m],
                                  generator=torch.Generator().manual_seed(123)).float()
                for m in scheds}
+    if dtype is None and "full" in run:  # float32 already: the full row is the reference
+        ref32 = run["full"]
+    else:
+        cond32 = torch.cat([policy.encode_condition(o) for o in obs_batches])
+        ref32 = policy.denoise(cond32, noise, generator=torch.Generator().manual_seed(123))
     ref = run["full"] if "full" in run else ref32
 
     def rel(o, r):
