@@ -2,6 +2,7 @@
 fixtures: a tiny real image DP-T checkpoint + BAC schedule, the bundled bag."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,42 @@ def tiny_files(tiny_files_factory):
 @pytest.fixture(scope="session")
 def bag():
     return BAG
+
+
+def _stop_group(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """SIGINT to the process group (as Ctrl-C would), SIGKILL if it is still there."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _group_output(proc: subprocess.Popen) -> str:
+    """Stop ``proc`` and return the end of its output (for assertion messages)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        return proc.communicate(timeout=10)[0][-3000:]
+    except subprocess.TimeoutExpired:
+        return "(no output)"
+
+
+@pytest.fixture
+def process_group():
+    """``start(cmd, **popen_kwargs)`` runs a command in its own process group, stdout and
+    stderr captured as text; every process started is stopped when the test ends.
+    ``start.output(proc)`` stops one and returns the end of its output."""
+    started = []
+
+    def start(cmd, **kwargs):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True, **kwargs)
+        started.append(proc)
+        return proc
+
+    start.output = _group_output
+    yield start
+    for proc in started:
+        _stop_group(proc)

@@ -91,12 +91,10 @@ def test_replay_exits_nonzero_when_no_chunk(tiny_files):
     assert "no action chunk" in out.stderr
 
 
-def test_play_feeds_a_node_started_elsewhere(tiny_files):
+def test_play_feeds_a_node_started_elsewhere(tiny_files, process_group):
     """`bac play BAG` publishes on live topics with header stamps kept (shifted to now): a
     node started in another process (the real policy_node executable) produces chunks whose
     stamps follow the bag's header stamps."""
-    import os
-    import signal
     import time
 
     import rclpy
@@ -106,8 +104,7 @@ def test_play_feeds_a_node_started_elsewhere(tiny_files):
     node_cmd = [sys.executable, "-m", "bac_ros.node.policy_node", "--ros-args",
                 "-p", f"checkpoint:={tiny_files['checkpoint']}",
                 "-p", f"schedule:={tiny_files['schedule']}"]
-    proc = subprocess.Popen(node_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    process_group(node_cmd)
     rclpy.init()
     sub = Node("play_test_probe")
     chunks = []
@@ -131,11 +128,6 @@ def test_play_feeds_a_node_started_elsewhere(tiny_files):
     finally:
         sub.destroy_node()
         rclpy.try_shutdown()
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_record_bag_driven_by_a_policy(tmp_path):

@@ -10,9 +10,6 @@ docs/reliability.md ("input floods") has the measurements.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -52,15 +49,12 @@ def _loop_frames(probe, frames, stop: threading.Event) -> None:
         probe.replay(frames, stop=stop)
 
 
-def test_command_stream_survives_a_5khz_joint_state_flood(bag):
-    env = dict(os.environ)
-    proc = subprocess.Popen(
+def test_command_stream_survives_a_5khz_joint_state_flood(bag, process_group):
+    proc = process_group(
         [str(Path(sys.prefix) / "bin" / "policy_node"), "--ros-args",
          "-p", f"checkpoint:={ROOT / 'data/policies/pusht_image.safetensors'}",
          "-p", f"schedule:={ROOT / 'data/policies/pusht_image.schedule.yaml'}",
-         "-r", "__node:=flood_policy"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+         "-r", "__node:=flood_policy"])
     ctx_owner = not rclpy.ok()
     if ctx_owner:
         rclpy.init()
@@ -78,7 +72,7 @@ def test_command_stream_survives_a_5khz_joint_state_flood(bag):
     threads = []
     try:
         assert wait_until(lambda: diags or proc.poll() is not None, 60), "node never came up"
-        assert proc.poll() is None, _output(proc)
+        assert proc.poll() is None, process_group.output(proc)
         messages = read_bag(bag)
         frames = [m for m in messages if m[1] != "/joint_states"]
         joints = deserialize_message(next(m for m in messages if m[1] == "/joint_states")[3],
@@ -91,7 +85,7 @@ def test_command_stream_survives_a_5khz_joint_state_flood(bag):
         for t in threads:
             t.start()
         # Under the flood the node must still come to serve, then keep serving.
-        assert wait_until(lambda: len(probe.result.commands) >= 5, 30), _output(proc)
+        assert wait_until(lambda: len(probe.result.commands) >= 5, 30), process_group.output(proc)
         probe.drain()
         first, n_sent, t0 = diags[-1], sent[0], time.monotonic()
         n_diag = len(diags)
@@ -119,18 +113,3 @@ def test_command_stream_survives_a_5khz_joint_state_flood(bag):
         probe.destroy_node()
         if ctx_owner:
             rclpy.try_shutdown()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _output(proc) -> str:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        return proc.communicate(timeout=10)[0][-3000:]
-    except subprocess.TimeoutExpired:
-        return "(no output)"

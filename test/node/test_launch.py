@@ -1,8 +1,6 @@
 """`ros2 launch bac_ros policy.launch.py` starts the real node, which comes up and publishes."""
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,16 +10,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.executors import SingleThreadedExecutor
 
 
-def test_launch_file_starts_node(tiny_files):
+def test_launch_file_starts_node(tiny_files, process_group):
     """The launch file's node reports OK diagnostics with our checkpoint and schedule."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.prefix) / 'bin'}:{env.get('PATH', '')}"
-    proc = subprocess.Popen(
+    proc = process_group(
         [str(Path(sys.prefix) / "bin" / "ros2"), "launch", "bac_ros", "policy.launch.py",
          f"checkpoint:={tiny_files['checkpoint']}", f"schedule:={tiny_files['schedule']}",
-         "namespace:=launch_test"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+         "namespace:=launch_test"], env=env)
     got = []
     ctx_owner = not rclpy.ok()
     if ctx_owner:
@@ -36,7 +32,7 @@ def test_launch_file_starts_node(tiny_files):
         end = time.monotonic() + 60
         while not got and time.monotonic() < end and proc.poll() is None:
             ex.spin_once(timeout_sec=0.2)
-        assert got, f"no diagnostics from the launched node; output:\n{_output(proc)}"
+        assert got, f"no diagnostics from the launched node; output:\n{process_group.output(proc)}"
         assert got[0].level == DiagnosticStatus.OK  # configured, waiting for observations
         names = node.get_node_names_and_namespaces()
         assert ("bac_policy", "/launch_test") in names
@@ -45,18 +41,3 @@ def test_launch_file_starts_node(tiny_files):
         node.destroy_node()
         if ctx_owner:
             rclpy.try_shutdown()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _output(proc) -> str:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        return proc.communicate(timeout=10)[0][-3000:]
-    except subprocess.TimeoutExpired:
-        return "(no output)"
