@@ -4,10 +4,10 @@ Each source (a camera, the joint states) keeps (stamp_s, value) samples covering
 ``history_s`` seconds, at most one per ``min_spacing_s``: a sample closer than that to the
 newest kept one is decimated (dropped before it is converted), so a 2-5 kHz joint-state
 driver neither pushes the samples the history needs out of a fixed-size ring nor spends the
-executor's time on conversions nobody reads. The newest complete observation is anchored at the newest sample of the anchor source (the
-first camera, or the joint states for low-dim policies); frame i of the n_obs_steps
-history is the sample of every source nearest to ``anchor - (To-1-i) * period``, each
-within ``tolerance_s``.
+executor's time on conversions nobody reads. The newest complete observation is anchored
+at the newest sample of the anchor source (the first camera, or the joint states for
+low-dim policies); frame i of the n_obs_steps history is the sample of every source nearest
+to ``anchor - (To-1-i) * period``, each within ``tolerance_s``.
 """
 
 from __future__ import annotations
