@@ -27,7 +27,7 @@ class CompiledSchedule:
     full compute over ``num_steps`` steps)."""
 
     def __init__(self, model, schedule: CacheSchedule | None, num_steps: int | None = None,
-                 backend: str = "inductor", max_graphs: int = 8):
+                 backend: str = "inductor", max_graphs: int = 8, dynamic_batch: bool = False):
         n = len(model.blocks())
         if schedule is None:
             if not num_steps:
@@ -48,8 +48,11 @@ class CompiledSchedule:
                              "eagerly (compile=false) or raise max_graphs (each costs seconds "
                              "to compile)")
         self._max_graphs = max_graphs
-        self._fn = torch.compile(model.forward_masked, backend=backend, dynamic=False,
-                                 fullgraph=True)
+        # dynamic_batch (a node serving several robots): dynamo's automatic dynamic shapes
+        # turn the batch size symbolic once a second size is seen, so batch 1 plus one batched
+        # graph per mask cover every batch size; else each size would compile its own.
+        self._fn = torch.compile(model.forward_masked, backend=backend,
+                                 dynamic=None if dynamic_batch else False, fullgraph=True)
         self._n = n
         self._cached: list[torch.Tensor | None] = [None] * n
         self._step = -1

@@ -148,7 +148,7 @@ class DiffusionPolicy(nn.Module):
         noise: torch.Tensor,
         cache: Optional[BlockCache] = None,
         observer=None,
-        generator: Optional[torch.Generator] = None,
+        generator: Optional[torch.Generator | list[torch.Generator]] = None,
         inpaint: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> torch.Tensor:
         """Run the K-step denoising loop from ``noise`` (B, horizon, Da); normalized actions.
@@ -158,7 +158,11 @@ class DiffusionPolicy(nn.Module):
         while this chunk is computed). After every step the masked slots are replaced by
         ``known`` noised to the next step's level (exactly ``known`` after the last step), so
         the free slots are denoised in agreement with them (inpainting, training-free; works
-        with cached execution, which only changes how eps is computed)."""
+        with cached execution, which only changes how eps is computed).
+
+        ``generator``: one, or a list with one per batch row (each row's step noise then
+        comes from its own generator: a batch of independent requests, e.g. several robots,
+        gives each the chunk it would get alone, up to float rounding)."""
         sample = noise
         if cache is not None:
             cache.reset()
@@ -170,7 +174,9 @@ class DiffusionPolicy(nn.Module):
         timesteps_dev = timesteps.to(sample.device)
         if inpaint is not None:
             known, mask = inpaint[0].to(sample), inpaint[1].to(sample.device)[..., None]
-            sample = torch.where(mask, self._noised(known, timesteps[0], generator), sample)
+            rows = mask.reshape(mask.shape[0], -1).any(dim=1).tolist()
+            sample = torch.where(mask, self._noised(known, timesteps[0], generator, rows),
+                                 sample)
         for k, t in enumerate(timesteps):
             if cache is not None:
                 cache.set_step(k)
@@ -183,7 +189,7 @@ class DiffusionPolicy(nn.Module):
                 self.scheduler.step(eps, t, sample, generator=generator).prev_sample
             if inpaint is not None:
                 fixed = known if k + 1 == len(timesteps) else \
-                    self._noised(known, timesteps[k + 1], generator)
+                    self._noised(known, timesteps[k + 1], generator, rows)
                 sample = torch.where(mask, fixed, sample)
         return sample
 
@@ -197,9 +203,21 @@ class DiffusionPolicy(nn.Module):
             else None
         return self._fast
 
-    def _noised(self, x0: torch.Tensor, t: torch.Tensor, generator) -> torch.Tensor:
-        """``x0`` diffused to timestep ``t`` (the forward process the scheduler trained on)."""
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    def _noised(self, x0: torch.Tensor, t: torch.Tensor, generator, rows=None) -> torch.Tensor:
+        """``x0`` diffused to timestep ``t`` (the forward process the scheduler trained on).
+
+        ``generator`` may be a list, one per batch row (as diffusers' ``randn_tensor`` takes
+        it): row i's noise then comes from its own generator, and only rows with something
+        fixed (``rows[i]``) draw, so a row's chunk does not depend on what it is batched with
+        (the node batches several robots)."""
+        if isinstance(generator, list):
+            noise = torch.zeros(x0.shape, dtype=x0.dtype)
+            for i, g in enumerate(generator):
+                if rows is None or rows[i]:
+                    noise[i] = torch.randn(x0.shape[1:], generator=g, dtype=x0.dtype)
+            noise = noise.to(x0.device)
+        else:
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         return self.scheduler.add_noise(x0, noise, t.reshape(1).to(x0.device))
 
     def inpaint_target(self, actions: np.ndarray, mask: np.ndarray

@@ -70,6 +70,11 @@ class NodeConfig:
         "denoising steps K (0 = the checkpoint's); must equal the schedule's K while BAC is "
         "enabled", False, 0, 1000))
     # -- topics -------------------------------------------------------------------------------
+    robots: list[str] = field(default_factory=list, metadata=meta(
+        "serve several robots from one node ([] = one robot on the topics as given): one name "
+        "per robot; robot r's inputs are the topics below under /r (`/r/camera/image_raw`), "
+        "its outputs ~/r/... (`~/r/command`); robots whose chunks are due together share one "
+        "batched forward. Robot i draws its noise from seed + i * 1000003 + chunk_id", True))
     image_topics: list[str] = field(default_factory=lambda: ["/camera/image_raw"], metadata=meta(
         "sensor_msgs/Image topics, one per rgb observation key in shape_meta order", True))
     compressed_images: bool = field(default=False, metadata=meta(
@@ -155,6 +160,14 @@ class NodeConfig:
             raise ValueError(f"`limit_mode` must be clamp or reject. Got {self.limit_mode!r}.")
         import math
 
+        bad = [r for r in self.robots if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", r)]
+        if bad:
+            raise ValueError(f"`robots` must be ROS name tokens (a letter, then letters, digits "
+                             f"or _), one per robot. Got {bad[:3]}.")
+        if len(set(self.robots)) != len(self.robots):
+            raise ValueError(f"`robots` has duplicates: {self.robots}.")
+        if len(self.robots) > 64:
+            raise ValueError(f"`robots` names {len(self.robots)} robots; at most 64 per node.")
         for name in ("action_min", "action_max"):
             bad = [v for v in getattr(self, name) if not math.isfinite(v)]
             if bad:

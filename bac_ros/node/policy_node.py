@@ -54,7 +54,8 @@ from bac_ros.node.conversions import ImageConverter, InputError, JointStateMappe
 from bac_ros.node.handover import ActionScheduler, Chunk
 from bac_ros.node.obs_buffer import ObservationBuffer
 from bac_ros.node.params import NodeConfig, range_problem, ros_name
-from bac_ros.node.runtime import ChunkRejected, ConfigureError, PolicyRuntime
+from bac_ros.node.robot import RobotChannel, input_topic, output_topic
+from bac_ros.node.runtime import ChunkRejected, ConfigureError, InferRequest, PolicyRuntime
 
 _PTYPES = {bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
            str: Parameter.Type.STRING, "list[str]": Parameter.Type.STRING_ARRAY,
@@ -76,12 +77,8 @@ class PolicyNode(LifecycleNode):
         self.counters = collections.Counter()
         self.warning = ""
         self._recent_errors = 0
-        self._chunk_id = 0
-        self._latencies: collections.deque = collections.deque(maxlen=self.cfg.latency_window)
         self._warmup_ms: list[float] = []
-        self._chunk_times: collections.deque = collections.deque(maxlen=self.cfg.latency_window)
-        self._last_trigger_s = -1e9
-        self._serving = False  # command stream state, logged on transitions
+        self.robots: list[RobotChannel] = []  # made by configure, one per robot served
         self._last_reject_log_s: dict[str, float] = {}
         self._timeline = 0  # bumped by ROS clock jumps
         self.runtime: PolicyRuntime | None = None
@@ -91,7 +88,7 @@ class PolicyNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._busy = False
+        self._pending_lock = threading.Lock()  # RobotChannel.pending / in_flight
         if self.cfg.autostart:
             self.trigger_configure()
             if self.runtime is None:  # main() reports "cannot start: <reason>", exit 2
@@ -101,6 +98,15 @@ class PolicyNode(LifecycleNode):
     @property
     def lifecycle_state(self) -> str:
         return self._state_machine.current_state[1]
+
+    # The first robot's state (a one-robot node's only one), for tools and tests.
+    @property
+    def buffer(self) -> ObservationBuffer:
+        return self.robots[0].buffer
+
+    @property
+    def actions(self) -> ActionScheduler:
+        return self.robots[0].actions
 
     # -- lifecycle transitions ----------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -258,14 +264,12 @@ class PolicyNode(LifecycleNode):
 
     def _apply_live(self, cand: NodeConfig, changes: dict) -> None:
         """Push accepted runtime changes into the helpers that cached the old values."""
-        if hasattr(self, "actions"):
-            self.actions.configure(cand.handover, cand.ensemble_decay, cand.blend_steps)
-        if hasattr(self, "buffer"):
-            self.buffer.tolerance_s = cand.sync_tolerance_s
-            self.buffer.max_future_s = cand.max_future_stamp_s
-        if "latency_window" in changes:
-            self._latencies = collections.deque(self._latencies, maxlen=cand.latency_window)
-            self._chunk_times = collections.deque(self._chunk_times, maxlen=cand.latency_window)
+        for robot in self.robots:
+            robot.actions.configure(cand.handover, cand.ensemble_decay, cand.blend_steps)
+            robot.buffer.tolerance_s = cand.sync_tolerance_s
+            robot.buffer.max_future_s = cand.max_future_stamp_s
+            if "latency_window" in changes:
+                robot.set_latency_window(cand.latency_window)
         if "control_rate_hz" in changes and getattr(self, "_control_timer", None) is not None:
             self._control_timer.timer_period_ns = int(1e9 / cand.control_rate_hz)
             self._control_timer.reset()
@@ -314,44 +318,16 @@ class PolicyNode(LifecycleNode):
                                  "(PolicyConfig.obs_low_dim_names); re-export it with names")
         max_bytes = int(cfg.max_message_mb * 2**20)
         self.joint_mapper = JointStateMapper(names, max_bytes=max_bytes)
-        period = cfg.obs_period_s or pc.control_period_s
-        sources = [f"camera:{k}" for k in rgb_keys] + (["joints"] if low_keys else [])
-        self.buffer = ObservationBuffer(sources, pc.n_obs_steps, period, cfg.sync_tolerance_s,
-                                        max_future_s=cfg.max_future_stamp_s)
-        self.actions = ActionScheduler(cfg.handover, cfg.ensemble_decay, cfg.blend_steps)
         self.action_names = pc.action_names or [f"a{i}" for i in range(pc.shape_meta.action_dim)]
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE) if cfg.qos_reliable \
             else qos_profile_sensor_data
         self._inputs = MutuallyExclusiveCallbackGroup()
         # Last arrival (monotonic) per subscribed topic: /diagnostics names silent ones.
-        self._image_topic_of = {k: self.resolve_topic_name(t)
-                                for k, t in zip(rgb_keys, cfg.image_topics)}
-        self._joint_topic = self.resolve_topic_name(cfg.joint_state_topic)
-        start = time.monotonic()
-        self._last_input = {t: start for t in list(self._image_topic_of.values()) +
-                            ([self._joint_topic] if low_keys else [])}
+        self._last_input: dict[str, float] = {}
         self._ever_received: set[str] = set()
-        for key, topic in zip(rgb_keys, cfg.image_topics):
-            conv = ImageConverter(pc.shape_meta.obs[key].shape[1:], max_bytes=max_bytes)
-            msg_type = CompressedImage if cfg.compressed_images else Image
-            self._entities.append(self.create_subscription(
-                msg_type, topic, lambda m, k=key, c=conv: self._on_image(m, k, c), qos,
-                callback_group=self._inputs))
-        if low_keys:
-            self._entities.append(self.create_subscription(
-                JointState, cfg.joint_state_topic, self._on_joints, qos,
-                callback_group=self._inputs))
-        self.pub_chunk = self._keep(self.create_publisher(ActionChunk, "~/action_chunk", 10))
-        self.pub_latency = self._keep(self.create_publisher(InferenceLatency,
-                                                            "~/inference_latency", 10))
+        self.robots = [self._make_robot(name, i, qos, max_bytes)
+                       for i, name in enumerate(cfg.robots or [""])]
         self.pub_diag = self._keep(self.create_publisher(DiagnosticArray, "/diagnostics", 10))
-        self.pub_traj = self._keep(self.create_publisher(JointTrajectory, "~/joint_trajectory",
-                                                         10)) if cfg.publish_trajectory else None
-        self.pub_cmd = None
-        if cfg.command_type == "joint_state":
-            self.pub_cmd = self._keep(self.create_publisher(JointState, "~/command", 10))
-        elif cfg.command_type == "float64_multi_array":
-            self.pub_cmd = self._keep(self.create_publisher(Float64MultiArray, "~/command", 10))
         # Simulation resets and `ros2 bag play --clock` loops move ROS time back (or far
         # ahead): every stamp in the history and every queued action then belongs to another
         # time line. Without a reset, new samples would be "out of order" forever.
@@ -368,11 +344,56 @@ class PolicyNode(LifecycleNode):
                  f"K={self.runtime.policy.num_inference_steps}, BAC "
                  f"{'schedule ' + self.runtime.schedule.schedule_id if self.runtime.schedule else 'off'}"
                  f", inputs {cfg.image_topics[:len(rgb_keys)]} + "
-                 f"{cfg.joint_state_topic if low_keys else '-'}")
+                 f"{cfg.joint_state_topic if low_keys else '-'}" +
+                 (f" for robots {cfg.robots} (under /<robot>; outputs ~/<robot>/...)"
+                  if cfg.robots else ""))
 
     def _keep(self, entity):
         self._entities.append(entity)
         return entity
+
+    def _make_robot(self, name: str, index: int, qos, max_bytes: int) -> RobotChannel:
+        """One robot's history, queue, subscriptions and publishers (see bac_ros.node.robot)."""
+        cfg, pc = self.cfg, self.runtime.config
+        rgb_keys, low_keys = pc.shape_meta.rgb_keys, pc.shape_meta.low_dim_keys
+        period = cfg.obs_period_s or pc.control_period_s
+        sources = [f"camera:{k}" for k in rgb_keys] + (["joints"] if low_keys else [])
+        robot = RobotChannel(
+            name, index,
+            ObservationBuffer(sources, pc.n_obs_steps, period, cfg.sync_tolerance_s,
+                              max_future_s=cfg.max_future_stamp_s),
+            ActionScheduler(cfg.handover, cfg.ensemble_decay, cfg.blend_steps),
+            cfg.latency_window)
+        start = time.monotonic()
+        for key, topic in zip(rgb_keys, cfg.image_topics):
+            topic = input_topic(name, topic)
+            robot.image_topics[key] = self.resolve_topic_name(topic)
+            self._last_input[robot.image_topics[key]] = start
+            conv = ImageConverter(pc.shape_meta.obs[key].shape[1:], max_bytes=max_bytes)
+            msg_type = CompressedImage if cfg.compressed_images else Image
+            self._entities.append(self.create_subscription(
+                msg_type, topic, lambda m, k=key, c=conv, r=robot: self._on_image(r, m, k, c),
+                qos, callback_group=self._inputs))
+        if low_keys:
+            topic = input_topic(name, cfg.joint_state_topic)
+            robot.joint_topic = self.resolve_topic_name(topic)
+            self._last_input[robot.joint_topic] = start
+            self._entities.append(self.create_subscription(
+                JointState, topic, lambda m, r=robot: self._on_joints(r, m), qos,
+                callback_group=self._inputs))
+        robot.pub_chunk = self._keep(self.create_publisher(
+            ActionChunk, output_topic(name, "action_chunk"), 10))
+        robot.pub_latency = self._keep(self.create_publisher(
+            InferenceLatency, output_topic(name, "inference_latency"), 10))
+        if cfg.publish_trajectory:
+            robot.pub_traj = self._keep(self.create_publisher(
+                JointTrajectory, output_topic(name, "joint_trajectory"), 10))
+        cmd_type = {"joint_state": JointState, "float64_multi_array": Float64MultiArray}.get(
+            cfg.command_type)
+        if cmd_type is not None:
+            robot.pub_cmd = self._keep(self.create_publisher(
+                cmd_type, output_topic(name, "command"), 10))
+        return robot
 
     def _activate(self) -> None:
         if self.runtime is None:
@@ -382,7 +403,8 @@ class PolicyNode(LifecycleNode):
             callback_group=MutuallyExclusiveCallbackGroup())
         self._wake.clear()
         self._stop.clear()
-        self._busy = False
+        for robot in self.robots:
+            robot.pending = robot.in_flight = False
         self._active = True
         self._worker = threading.Thread(target=self._worker_loop, name="bac_inference",
                                         daemon=True)
@@ -396,10 +418,10 @@ class PolicyNode(LifecycleNode):
             self.destroy_timer(self._control_timer)
             self._control_timer = None
         self._stop_worker()
-        if hasattr(self, "actions"):
-            self.actions.clear()
-        self._last_trigger_s = -1e9
-        self._serving = False
+        for robot in self.robots:
+            robot.actions.clear()
+            robot.last_trigger_s = -1e9
+            robot.serving = False
 
     def _stop_worker(self) -> None:
         self._stop.set()
@@ -421,20 +443,21 @@ class PolicyNode(LifecycleNode):
             if destroy is not None:
                 destroy(e)
         self._entities = []
-        self.pub_cmd = self.pub_traj = None
+        self.robots = []
         self.runtime = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     def _on_clock_jump(self, jump) -> None:
         self._timeline += 1  # an inference in flight now belongs to the old time line
-        self.buffer.clear()
-        self.actions.clear()
-        self._last_trigger_s = -1e9
+        for robot in self.robots:
+            robot.reset()
         self.counters["clock_jumps"] += 1
         self.warning = (f"ROS clock jumped by {jump.delta.nanoseconds * 1e-9:+.3f} s "
                         f"({jump.clock_change.name}): observation history and queued actions "
                         "cleared")
+        for robot in self.robots:
+            robot.warning = self.warning
         self.get_logger().warning(self.warning)
 
     def shutdown(self) -> None:
@@ -445,16 +468,26 @@ class PolicyNode(LifecycleNode):
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _reject(self, err: InputError) -> None:
-        self.counters["rejected_inputs"] += 1
-        self.counters[f"rejected.{err.kind}"] += 1
-        self.warning = str(err)
+    def _count(self, robot: RobotChannel, key: str, n: int = 1) -> None:
+        """Count an event of ``robot``: in its own counters and in the node's totals."""
+        robot.counters[key] += n
+        self.counters[key] += n
+
+    def _warn(self, robot: RobotChannel, warning: str) -> str:
+        robot.warning = warning
+        self.warning = robot.label + warning
+        return self.warning
+
+    def _reject(self, robot: RobotChannel, err: InputError) -> None:
+        self._count(robot, "rejected_inputs")
+        self._count(robot, f"rejected.{err.kind}")
+        self._warn(robot, str(err))
         # Throttled per kind (rclpy throttles per call site): a flood of one problem must not
         # hide the first report of another.
         now = time.monotonic()
         if now - self._last_reject_log_s.get(err.kind, -1e9) >= 1.0:
             self._last_reject_log_s[err.kind] = now
-            self.get_logger().warning(f"input rejected ({err.kind}): {err}")
+            self.get_logger().warning(f"{robot.label}input rejected ({err.kind}): {err}")
 
     def _mark_input(self, topic: str) -> None:
         self._last_input[topic] = time.monotonic()
@@ -467,39 +500,40 @@ class PolicyNode(LifecycleNode):
         return sorted(t for t, last in self._last_input.items()
                       if now_mono - last > self.cfg.input_timeout_s)
 
-    def _on_image(self, msg, key: str, conv: ImageConverter) -> None:
-        self._mark_input(self._image_topic_of[key])
+    def _on_image(self, robot: RobotChannel, msg, key: str, conv: ImageConverter) -> None:
+        self._mark_input(robot.image_topics[key])
         try:
             stamp = stamp_s(msg.header.stamp)
-            if self._decimated(f"camera:{key}", stamp):
+            if self._decimated(robot, f"camera:{key}", stamp):
                 return
             arr = conv.from_compressed(msg) if isinstance(msg, CompressedImage) else \
                 conv.from_image(msg)
-            self.buffer.add(f"camera:{key}", stamp, {key: arr}, self._now_s(), time.monotonic())
+            robot.buffer.add(f"camera:{key}", stamp, {key: arr}, self._now_s(),
+                             time.monotonic())
         except InputError as err:
-            self._reject(err)
+            self._reject(robot, err)
         except Exception as exc:  # noqa: BLE001 - never let a callback kill the executor
-            self._reject(InputError("internal", f"image callback failed: {exc!r}"))
+            self._reject(robot, InputError("internal", f"image callback failed: {exc!r}"))
 
-    def _on_joints(self, msg: JointState) -> None:
-        self._mark_input(self._joint_topic)
+    def _on_joints(self, robot: RobotChannel, msg: JointState) -> None:
+        self._mark_input(robot.joint_topic)
         try:
             stamp = stamp_s(msg.header.stamp)
-            if self._decimated("joints", stamp):
+            if self._decimated(robot, "joints", stamp):
                 return
-            self.buffer.add("joints", stamp, self.joint_mapper(msg), self._now_s(),
-                            time.monotonic())
+            robot.buffer.add("joints", stamp, self.joint_mapper(msg), self._now_s(),
+                             time.monotonic())
         except InputError as err:
-            self._reject(err)
+            self._reject(robot, err)
         except Exception as exc:  # noqa: BLE001
-            self._reject(InputError("internal", f"joint callback failed: {exc!r}"))
+            self._reject(robot, InputError("internal", f"joint callback failed: {exc!r}"))
 
-    def _decimated(self, source: str, stamp: float) -> bool:
+    def _decimated(self, robot: RobotChannel, source: str, stamp: float) -> bool:
         """A sample within the buffer's min spacing of the newest kept one is dropped before
         any conversion: the history needs no more, and a kHz driver must not eat the
         executor (counted on /diagnostics as ``decimated_inputs``)."""
-        if self.buffer.decimated(source, stamp):
-            self.counters["decimated_inputs"] += 1
+        if robot.buffer.decimated(source, stamp):
+            self._count(robot, "decimated_inputs")
             return True
         return False
 
@@ -518,40 +552,48 @@ class PolicyNode(LifecycleNode):
                                     throttle_duration_sec=1.0)
 
     def _control_tick(self) -> None:
-        self.counters["control_ticks"] += 1
         now = self._now_s()
-        due = self.actions.action_at(now)
+        triggered = [self._robot_tick(robot, now) for robot in self.robots]
+        if any(triggered):
+            self._wake.set()
+
+    def _robot_tick(self, robot: RobotChannel, now: float) -> bool:
+        """Publish ``robot``'s due command; True when its next chunk must be started."""
+        self._count(robot, "control_ticks")
+        due = robot.actions.action_at(now)
         if due is None:
-            self.counters["hold_ticks"] += 1
-            if self._serving:  # say so once per transition, not once per tick
-                self._serving = False
-                self.get_logger().warning("command stream holding: no valid action is due "
-                                          "(no fresh chunk; see ~/inference_latency)",
-                                          throttle_duration_sec=1.0)
-        elif self.pub_cmd is not None:
+            self._count(robot, "hold_ticks")
+            if robot.serving:  # say so once per transition, not once per tick
+                robot.serving = False
+                self.get_logger().warning(f"{robot.label}command stream holding: no valid "
+                                          "action is due (no fresh chunk; see "
+                                          "~/inference_latency)", throttle_duration_sec=1.0)
+        elif robot.pub_cmd is not None:
             action = [float(v) for v in due[0]]
-            if isinstance(self.pub_cmd.msg_type(), JointState):
+            if isinstance(robot.pub_cmd.msg_type(), JointState):
                 m = JointState(name=self.action_names, position=action)
                 m.header.stamp = self.get_clock().now().to_msg()
             else:
                 m = Float64MultiArray(data=action)
-            self.pub_cmd.publish(m)
-            self.counters["commands"] += 1
-        if due is not None and not self._serving:
-            self._serving = True
-            self.get_logger().info(f"command stream serving chunk {due[1]}",
+            robot.pub_cmd.publish(m)
+            self._count(robot, "commands")
+        if due is not None and not robot.serving:
+            robot.serving = True
+            self.get_logger().info(f"{robot.label}command stream serving chunk {due[1]}",
                                    throttle_duration_sec=1.0)
         if self.cfg.replan_rate_hz > 0:
-            trigger = now - self._last_trigger_s >= 1.0 / self.cfg.replan_rate_hz
-        elif self._busy:  # the chunk in flight answers this tick's need; re-check after it
+            trigger = now - robot.last_trigger_s >= 1.0 / self.cfg.replan_rate_hz
+        elif robot.in_flight:  # the chunk in flight answers this tick's need; re-check after it
             trigger = False
         elif self.cfg.replan_mode == "latency":
-            trigger = self.actions.time_left_s(now) <= self.replan_lead_s()
+            trigger = robot.actions.time_left_s(now) <= self.replan_lead_s(robot)
         else:
-            trigger = self.actions.remaining(now) <= self.cfg.replan_remaining
+            trigger = robot.actions.remaining(now) <= self.cfg.replan_remaining
         if trigger:
-            self._last_trigger_s = now
-            self._wake.set()
+            robot.last_trigger_s = now
+            with self._pending_lock:
+                robot.pending = True
+        return trigger
 
     # -- inference worker ---------------------------------------------------------------------
     def _worker_loop(self) -> None:
@@ -561,103 +603,128 @@ class PolicyNode(LifecycleNode):
             self._wake.clear()
             if self._stop.is_set():
                 break
-            self._busy = True
+            # Every robot triggered by now shares this forward; one triggered during it waits
+            # for the next (its wake is set again).
+            with self._pending_lock:
+                batch = [r for r in self.robots if r.pending]
+                for robot in batch:
+                    robot.pending, robot.in_flight = False, True
+            if not batch:
+                continue
             try:
-                self._infer_once()
+                self._infer_once(batch)
             except Exception as exc:  # noqa: BLE001 - report, count, keep serving
-                self.counters["inference_errors"] += 1
                 self._recent_errors += 1
-                self.warning = f"inference failed: {exc!r}"
+                for robot in batch:
+                    self._count(robot, "inference_errors")
+                    self._warn(robot, f"inference failed: {exc!r}")
+                    self._publish_latency_warning(robot)
                 self.get_logger().error(f"inference failed: {exc!r}\n{traceback.format_exc()}")
-                self._publish_latency_warning()
             finally:
-                self._busy = False
+                with self._pending_lock:
+                    for robot in batch:
+                        robot.in_flight = False
 
-    def replan_lead_s(self) -> float:
-        """Latency mode: how long before the current chunk runs out the next inference must
-        start so that, with latency below about half the chunk, the stream never holds: the
-        p95 of the recent observation-to-chunk latencies (warm-up timings before the first
+    def replan_lead_s(self, robot: RobotChannel) -> float:
+        """Latency mode: how long before ``robot``'s current chunk runs out its next inference
+        must start so that, with latency below about half the chunk, the stream never holds:
+        the p95 of its recent observation-to-chunk latencies (warm-up timings before the first
         chunk), plus one control period (the trigger is checked once per tick), plus the
         margin."""
-        return self.latency_p95_s() + self.cfg.replan_margin_ms / 1000 + \
+        return self.latency_p95_s(robot) + self.cfg.replan_margin_ms / 1000 + \
             1.0 / self.cfg.control_rate_hz
 
-    def latency_p95_s(self) -> float:
-        """p95 of the recent observation-to-chunk latencies (warm-up timings before the first
-        chunk; 0 without either)."""
-        lat = self._latencies or self._warmup_ms
+    def latency_p95_s(self, robot: RobotChannel) -> float:
+        """p95 of ``robot``'s recent observation-to-chunk latencies (warm-up timings before
+        its first chunk; 0 without either)."""
+        lat = robot.latencies or self._warmup_ms
         return float(np.percentile(np.asarray(lat), 95)) / 1000 if lat else 0.0
 
-    def _infer_once(self) -> None:
+    def _infer_once(self, batch: list[RobotChannel]) -> None:
+        """One batched forward for the robots in ``batch`` that have a fresh, complete
+        observation; each gets its chunk (or its own rejection)."""
         cfg = self.cfg  # one consistent snapshot per inference
-        hist = self.buffer.latest()
-        if hist is None:
-            self._report_incomplete()
-            return
-        now = self._now_s()
-        age_s = now - hist.stamp_s
-        if age_s > cfg.max_obs_age_s:
-            self.counters["stale_skips"] += 1
-            self.warning = (f"stale observation: newest complete observation is {age_s:.3f} s old"
-                            f" (max_obs_age_s={cfg.max_obs_age_s}); not acting")
-            self.get_logger().warning(self.warning, throttle_duration_sec=1.0)
-            self._publish_latency_warning(age_s)
-            return
         rt = self.runtime
         if cfg.bac_enabled and rt.schedule is not None:
             rt.set_steps(rt.schedule.num_steps if not cfg.num_inference_steps
                          else cfg.num_inference_steps)
         else:
             rt.set_steps(cfg.num_inference_steps)
-        chunk_id = self._chunk_id + 1
         timeline = self._timeline
+        ready = [r for r in (self._request(robot, cfg) for robot in batch) if r is not None]
+        if not ready:
+            return
+        results = rt.infer_batch([req for *_, req in ready], use_bac=cfg.bac_enabled,
+                                 limits=(cfg.action_min, cfg.action_max),
+                                 limit_mode=cfg.limit_mode)
+        if timeline != self._timeline:
+            for robot, *_ in ready:
+                self._count(robot, "dropped_after_clock_jump")
+            self.get_logger().warning("chunk dropped: the ROS clock jumped during inference")
+            return
+        for (robot, hist, chunk_id, age_s, _), res in zip(ready, results):
+            if isinstance(res, ChunkRejected):
+                self._count(robot, "rejected_chunks")
+                self._warn(robot, str(res))
+                self.get_logger().error(f"{robot.label}chunk rejected: {res}")
+                self._publish_latency_warning(robot, age_s)
+                continue
+            robot.chunk_id = chunk_id
+            self._publish_chunk(robot, res, hist, chunk_id, cfg)
+        self._recent_errors = 0
+
+    def _request(self, robot: RobotChannel, cfg: NodeConfig):
+        """(robot, history, chunk id, observation age, InferRequest) for ``robot``'s next
+        chunk, or None when it has no complete observation or only a stale one."""
+        hist = robot.buffer.latest()
+        if hist is None:
+            self._report_incomplete(robot)
+            return None
+        now = self._now_s()
+        age_s = now - hist.stamp_s
+        if age_s > cfg.max_obs_age_s:
+            self._count(robot, "stale_skips")
+            self._warn(robot, f"stale observation: newest complete observation is {age_s:.3f} "
+                       f"s old (max_obs_age_s={cfg.max_obs_age_s}); not acting")
+            self.get_logger().warning(robot.label + robot.warning, throttle_duration_sec=1.0)
+            self._publish_latency_warning(robot, age_s)
+            return None
+        chunk_id = robot.chunk_id + 1
         if getattr(self, "fault_injector", None) is not None:
             self.fault_injector(chunk_id)
         fixed = None
         if cfg.handover == "rtc":  # freeze what will run while this chunk is computed
-            pc = rt.config
-            fixed = self.actions.planned(hist.stamp_s, pc.control_period_s,
-                                         pc.horizon - pc.n_obs_steps + 1,
-                                         now + self.latency_p95_s() + cfg.replan_margin_ms / 1000)
+            pc = self.runtime.config
+            fixed = robot.actions.planned(hist.stamp_s, pc.control_period_s,
+                                          pc.horizon - pc.n_obs_steps + 1,
+                                          now + self.latency_p95_s(robot) +
+                                          cfg.replan_margin_ms / 1000)
             if fixed is not None:
-                self.counters["rtc_fixed_actions"] += int(fixed[1].sum())
-        try:
-            res = rt.infer(hist.obs, seed=cfg.seed + chunk_id, use_bac=cfg.bac_enabled,
-                           limits=(cfg.action_min, cfg.action_max), limit_mode=cfg.limit_mode,
-                           fixed=fixed)
-        except ChunkRejected as exc:
-            self.counters["rejected_chunks"] += 1
-            self.warning = str(exc)
-            self.get_logger().error(f"chunk rejected: {exc}")
-            self._publish_latency_warning(age_s)
-            return
-        if timeline != self._timeline:
-            self.counters["dropped_after_clock_jump"] += 1
-            self.get_logger().warning("chunk dropped: the ROS clock jumped during inference")
-            return
-        self._chunk_id = chunk_id
-        self._recent_errors = 0
-        self._publish_chunk(res, hist, chunk_id, cfg)
+                self._count(robot, "rtc_fixed_actions", int(fixed[1].sum()))
+        return robot, hist, chunk_id, age_s, InferRequest(
+            hist.obs, robot.seed(cfg.seed, chunk_id), fixed)
 
-    def _report_incomplete(self) -> None:
+    def _report_incomplete(self, robot: RobotChannel) -> None:
         """No synced history. Before any input that is just waiting; once some sources
         publish, name the ones that are silent (a dead camera, joints far below rate)."""
-        newest = {s: self.buffer.newest_stamp(s) for s in self.buffer.sources}
+        buf = robot.buffer
+        newest = {s: buf.newest_stamp(s) for s in buf.sources}
         if all(t is None for t in newest.values()):
-            self.counters["waiting_for_inputs"] += 1
+            self._count(robot, "waiting_for_inputs")
             return
-        self.counters["unsynced_observation"] += 1
+        self._count(robot, "unsynced_observation")
         silent = [s for s, t in newest.items() if t is None]
-        self.warning = (f"no complete observation: no samples from {silent}" if silent else
-                        "no complete observation: sources not within sync_tolerance_s="
-                        f"{self.cfg.sync_tolerance_s} at the observation period (newest stamps "
-                        f"{ {s: round(t, 3) for s, t in newest.items()} })")
-        self.get_logger().warning(self.warning, throttle_duration_sec=1.0)
-        self._publish_latency_warning()
+        self._warn(robot, f"no complete observation: no samples from {silent}" if silent else
+                   "no complete observation: sources not within sync_tolerance_s="
+                   f"{self.cfg.sync_tolerance_s} at the observation period (newest stamps "
+                   f"{ {s: round(t, 3) for s, t in newest.items()} })")
+        self.get_logger().warning(robot.label + robot.warning, throttle_duration_sec=1.0)
+        self._publish_latency_warning(robot)
 
-    def _publish_chunk(self, res, hist, chunk_id: int, cfg: NodeConfig) -> None:
+    def _publish_chunk(self, robot: RobotChannel, res, hist, chunk_id: int,
+                       cfg: NodeConfig) -> None:
         if not self._active:  # deactivated during this inference: nothing planned then runs
-            self.counters["dropped_inactive"] += 1
+            self._count(robot, "dropped_inactive")
             return
         pc = self.runtime.config
         dt = pc.control_period_s
@@ -667,9 +734,9 @@ class PolicyNode(LifecycleNode):
         # actions and the stream would hold (what the delay study in docs/results.md does too).
         late = max(0, math.ceil((publish_s - hist.stamp_s) / dt - 1e-6))
         n_exec = min((cfg.n_execute or pc.n_action_steps) + late, len(res.actions))
-        prev_end = self.actions.exhausted_at()
+        prev_end = robot.actions.exhausted_at()
         deadline_missed = prev_end is not None and publish_s > prev_end
-        self.actions.add(Chunk(res.actions[:n_exec], hist.stamp_s, dt, chunk_id, publish_s))
+        robot.actions.add(Chunk(res.actions[:n_exec], hist.stamp_s, dt, chunk_id, publish_s))
 
         msg = ActionChunk(action_names=self.action_names, action_period_s=dt,
                           horizon=len(res.actions), action_dim=res.actions.shape[1],
@@ -679,8 +746,8 @@ class PolicyNode(LifecycleNode):
         msg.header.frame_id = pc.name
         msg.first_action_time = to_stamp(hist.stamp_s)
         msg.actions = res.actions.reshape(-1).astype(np.float32)
-        self.pub_chunk.publish(msg)
-        if self.pub_traj is not None:
+        robot.pub_chunk.publish(msg)
+        if robot.pub_traj is not None:
             traj = JointTrajectory(joint_names=self.action_names)
             traj.header.stamp = to_stamp(hist.stamp_s)
             for j in range(n_exec):
@@ -688,58 +755,96 @@ class PolicyNode(LifecycleNode):
                 pt.time_from_start.sec, frac = int(j * dt), j * dt - int(j * dt)
                 pt.time_from_start.nanosec = int(frac * 1e9)
                 traj.points.append(pt)
-            self.pub_traj.publish(traj)
+            robot.pub_traj.publish(traj)
 
         total_ms = 1000 * (time.monotonic() - hist.received_s)
         total_ms = max(total_ms, res.preprocess_ms + res.denoise_ms + res.postprocess_ms)
-        self._latencies.append(total_ms)
-        self._chunk_times.append(time.monotonic())
-        self.counters["chunks"] += 1
+        robot.latencies.append(total_ms)
+        robot.chunk_times.append(time.monotonic())
+        self._count(robot, "chunks")
+        if res.batch_size > 1:
+            self._count(robot, "batched_chunks")
         if deadline_missed:
-            self.counters["deadline_misses"] += 1
-        lat = self._latency_msg(1000 * (publish_s - hist.stamp_s))
-        lat.chunk_id = chunk_id
+            self._count(robot, "deadline_misses")
+        robot.warning = ""
+        lat = self._latency_msg(robot, 1000 * (publish_s - hist.stamp_s))
         lat.preprocess_ms, lat.denoise_ms = res.preprocess_ms, res.denoise_ms
         lat.postprocess_ms, lat.total_ms = res.postprocess_ms, total_ms
         lat.denoising_steps, lat.bac_enabled = res.steps, res.bac_used
         lat.blocks_computed, lat.blocks_reused = res.blocks_computed, res.blocks_reused
+        lat.batch_size = res.batch_size
         lat.deadline_missed = deadline_missed
-        lat.warning = ""
-        self.pub_latency.publish(lat)
+        robot.pub_latency.publish(lat)
 
-    def _latency_msg(self, age_ms: float = 0.0) -> InferenceLatency:
+    def _latency_msg(self, robot: RobotChannel, age_ms: float = 0.0) -> InferenceLatency:
+        c = robot.counters
         lat = InferenceLatency(device=self.cfg.device, observation_age_ms=age_ms,
-                               rejected_inputs=self.counters["rejected_inputs"],
-                               stale_skips=self.counters["stale_skips"],
-                               inference_errors=self.counters["inference_errors"],
-                               rejected_chunks=self.counters["rejected_chunks"],
-                               chunk_id=self._chunk_id, warning=self.warning)
+                               rejected_inputs=c["rejected_inputs"],
+                               stale_skips=c["stale_skips"],
+                               inference_errors=c["inference_errors"],
+                               rejected_chunks=c["rejected_chunks"],
+                               chunk_id=robot.chunk_id, warning=robot.warning)
         lat.header.stamp = self.get_clock().now().to_msg()
-        if self._latencies:
-            p50, p95, p99 = np.percentile(np.array(self._latencies), [50, 95, 99])
+        if robot.latencies:
+            p50, p95, p99 = np.percentile(np.array(robot.latencies), [50, 95, 99])
             lat.total_p50_ms, lat.total_p95_ms, lat.total_p99_ms = p50, p95, p99
-        if len(self._chunk_times) >= 2:
-            span = self._chunk_times[-1] - self._chunk_times[0]
-            lat.achieved_rate_hz = (len(self._chunk_times) - 1) / span if span > 0 else 0.0
+        if len(robot.chunk_times) >= 2:
+            span = robot.chunk_times[-1] - robot.chunk_times[0]
+            lat.achieved_rate_hz = (len(robot.chunk_times) - 1) / span if span > 0 else 0.0
         return lat
 
-    def _publish_latency_warning(self, age_s: float = 0.0) -> None:
-        self.pub_latency.publish(self._latency_msg(1000 * age_s))
+    def _publish_latency_warning(self, robot: RobotChannel, age_s: float = 0.0) -> None:
+        robot.pub_latency.publish(self._latency_msg(robot, 1000 * age_s))
 
     # -- diagnostics --------------------------------------------------------------------------
+    _PROBLEMS = ("stale_skips", "rejected_inputs", "deadline_misses", "rejected_chunks",
+                 "inference_errors", "rejected_parameters", "control_tick_errors",
+                 "unsynced_observation", "clock_jumps", "diagnostics_errors")
+
     def _publish_diagnostics(self) -> None:
-        c = self.counters
-        problems = ("stale_skips", "rejected_inputs", "deadline_misses", "rejected_chunks",
-                    "inference_errors", "rejected_parameters", "control_tick_errors",
-                    "unsynced_observation", "clock_jumps", "diagnostics_errors")
-        prev = getattr(self, "_diag_prev", collections.Counter())
-        recent = {k: c[k] - prev[k] for k in problems if c[k] > prev[k]}
-        self._diag_prev = collections.Counter({k: c[k] for k in problems})
-        status = DiagnosticStatus(name="bac_ros: policy", hardware_id=self.cfg.device)
-        silent = self.silent_topics()
+        """One status for the node (totals over its robots), plus one per robot when it
+        serves several (named ``bac_ros: policy <robot>``)."""
+        statuses = [self._status("bac_ros: policy", self.counters, self.silent_topics(),
+                                 self._first_robot_values(), "_diag_prev")]
+        if len(self.robots) > 1:
+            for robot in self.robots:
+                topics = set(robot.image_topics.values()) | ({robot.joint_topic} - {""})
+                silent = [t for t in self.silent_topics() if t in topics]
+                status = self._status(f"bac_ros: policy {robot.name}", robot.counters, silent,
+                                      self._robot_values(robot), f"_diag_prev_{robot.index}",
+                                      robot)
+                statuses.append(status)
+        arr = DiagnosticArray(status=statuses)
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(arr)
+
+    def _robot_values(self, robot: RobotChannel) -> dict:
+        lat = self._latency_msg(robot)
+        return dict(total_p50_ms=round(lat.total_p50_ms, 3),
+                    total_p99_ms=round(lat.total_p99_ms, 3),
+                    achieved_rate_hz=round(lat.achieved_rate_hz, 3))
+
+    def _first_robot_values(self) -> dict:
+        values = self._robot_values(self.robots[0]) if self.robots else {}
+        values.update(
+            lifecycle_state=self.lifecycle_state, robots=len(self.robots),
+            compiled=bool(self.runtime is not None and self.runtime.compiled),
+            bac_enabled=self.cfg.bac_enabled and self.runtime.schedule is not None,
+            schedule_id=self.runtime.schedule.schedule_id if self.runtime.schedule else "")
+        return values
+
+    def _status(self, name: str, counters: collections.Counter, silent: list[str],
+                extra: dict, prev_attr: str, robot: RobotChannel | None = None
+                ) -> DiagnosticStatus:
+        c = counters
+        prev = getattr(self, prev_attr, collections.Counter())
+        recent = {k: c[k] - prev[k] for k in self._PROBLEMS if c[k] > prev[k]}
+        setattr(self, prev_attr, collections.Counter({k: c[k] for k in self._PROBLEMS}))
+        warning = robot.warning if robot is not None else self.warning
+        status = DiagnosticStatus(name=name, hardware_id=self.cfg.device)
         if self._recent_errors >= 3:
             status.level = DiagnosticStatus.ERROR
-            status.message = f"repeated inference failures: {self.warning}"
+            status.message = f"repeated inference failures: {warning}"
         elif silent:
             never = [t for t in silent if t not in self._ever_received]
             status.level = DiagnosticStatus.WARN
@@ -747,29 +852,24 @@ class PolicyNode(LifecycleNode):
                 f"no input for more than input_timeout_s={self.cfg.input_timeout_s} s on "
                 f"{silent}" + (f" (never received: {never}; check the topic names / remaps "
                                "and that the drivers publish)" if never else "") +
-                (f"; {self.warning} (last second: {recent})" if recent else ""))
+                (f"; {warning} (last second: {recent})" if recent else ""))
         elif recent:
             status.level = DiagnosticStatus.WARN
-            status.message = f"{self.warning} (last second: {recent})"
+            status.message = f"{warning} (last second: {recent})"
         elif not self._active:
             status.level = DiagnosticStatus.OK
             status.message = (f"{self.lifecycle_state} (lifecycle): configured, not publishing "
                               "commands; `ros2 lifecycle set <node> activate` to serve")
         else:
             status.level, status.message = DiagnosticStatus.OK, "serving"
-            self.warning = ""
-        lat = self._latency_msg()
+            if robot is None:
+                self.warning = ""
+            else:
+                robot.warning = ""
         values = dict(c)
-        values["lifecycle_state"] = self.lifecycle_state
-        values["compiled"] = bool(self.runtime is not None and self.runtime.compiled)
-        values.update(total_p50_ms=round(lat.total_p50_ms, 3), total_p99_ms=round(
-            lat.total_p99_ms, 3), achieved_rate_hz=round(lat.achieved_rate_hz, 3),
-            bac_enabled=self.cfg.bac_enabled and self.runtime.schedule is not None,
-            schedule_id=self.runtime.schedule.schedule_id if self.runtime.schedule else "")
+        values.update(extra)
         status.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(values.items())]
-        arr = DiagnosticArray(status=[status])
-        arr.header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(arr)
+        return status
 
 
 def print_help() -> None:

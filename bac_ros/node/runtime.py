@@ -37,6 +37,17 @@ class InferenceResult:
     blocks_reused: int
     bac_used: bool
     schedule_id: str = ""  # the schedule this chunk ran with ("" = full compute)
+    batch_size: int = 1  # requests (robots) served by the same batched forward
+
+
+@dataclass
+class InferRequest:
+    """One robot's chunk request: its (1, To, ...) observation, noise seed and fixed
+    actions (real-time chunking; None: nothing fixed)."""
+
+    obs: dict[str, np.ndarray]
+    seed: int
+    fixed: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class PolicyRuntime:
@@ -65,6 +76,7 @@ class PolicyRuntime:
         self._allow_mismatch = cfg.bac_allow_fingerprint_mismatch
         self._swap_lock = threading.Lock()
         self.compiled = cfg.compile
+        self.max_batch = max(1, len(cfg.robots))  # robots served by one batched forward
         self.schedule: CacheSchedule | None = None
         self.cache: ScheduledBlockCache | None = None
         if cfg.schedule:
@@ -85,7 +97,8 @@ class PolicyRuntime:
             from bac_ros.bac.compiled import CompiledSchedule
 
             self.full_runner = CompiledSchedule(self.policy.model, None,
-                                                self.policy.num_inference_steps)
+                                                self.policy.num_inference_steps,
+                                                dynamic_batch=self.max_batch > 1)
 
     def _cache_for(self, sched: CacheSchedule):
         """The executor of ``sched``: compiled when ``compile`` is on (its new masks compile
@@ -94,7 +107,8 @@ class PolicyRuntime:
             from bac_ros.bac.compiled import CompiledSchedule
 
             try:
-                return CompiledSchedule(self.policy.model, sched)
+                return CompiledSchedule(self.policy.model, sched,
+                                        dynamic_batch=self.max_batch > 1)
             except ValueError as exc:  # too many distinct masks: eager is the better deal
                 self.log(f"schedule {sched.schedule_id} runs eagerly: {exc}")
         return ScheduledBlockCache(sched, self.policy.model.blocks())
@@ -128,7 +142,6 @@ class PolicyRuntime:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    @torch.no_grad()
     def infer(self, obs: dict[str, np.ndarray], seed: int, use_bac: bool,
               limits: tuple[list[float], list[float]] | None = None,
               limit_mode: str = "clamp",
@@ -136,7 +149,22 @@ class PolicyRuntime:
         """One chunk. Noise comes from ``seed``, exactly as ``policy.predict(obs, generator=
         torch.Generator().manual_seed(seed))`` draws it, so results are reproducible offline.
         ``fixed=(actions, mask)``: (n, Da) actions for the chunk's first n slots (from the
-        newest observation on) to keep (real-time chunking)."""
+        newest observation on) to keep (real-time chunking). Raises ChunkRejected."""
+        res = self.infer_batch([InferRequest(obs, seed, fixed)], use_bac, limits, limit_mode)[0]
+        if isinstance(res, ChunkRejected):
+            raise res
+        return res
+
+    @torch.no_grad()
+    def infer_batch(self, requests: list[InferRequest], use_bac: bool,
+                    limits: tuple[list[float], list[float]] | None = None,
+                    limit_mode: str = "clamp") -> list[InferenceResult | ChunkRejected]:
+        """One chunk for each request (one robot each) in one batched forward per step.
+
+        Every request draws its noise from its own generator, so its chunk is the one
+        ``infer`` gives it alone (up to the float rounding of batched matmuls). A request
+        whose chunk must not be published gets a ChunkRejected in its place; the others are
+        unaffected. Timings are the batch's (every robot waited for all of it)."""
         p = self.policy
         with self._swap_lock:  # one consistent (schedule, cache) per chunk
             schedule, cache = self.schedule, self.cache
@@ -146,26 +174,56 @@ class PolicyRuntime:
             cache = full if full is not None and full.num_steps == p.num_inference_steps \
                 else None
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(seed)
+        gens = [torch.Generator().manual_seed(r.seed) for r in requests]
+        obs = {k: np.concatenate([r.obs[k] for r in requests]) for k in requests[0].obs}
         with self._autocast():
             cond = p.encode_condition(obs)
-            noise = p.make_noise(cond.shape[0], gen)
-            inpaint = None
-            if fixed is not None:
-                H, Da = p.config.horizon, p.config.shape_meta.action_dim
-                start = p.config.n_obs_steps - 1
-                n = min(len(fixed[0]), H - start)
-                acts, mask = np.zeros((1, H, Da), np.float32), np.zeros((1, H), bool)
-                acts[0, start:start + n], mask[0, start:start + n] = fixed[0][:n], fixed[1][:n]
-                inpaint = p.inpaint_target(acts, mask)
+            noise = torch.cat([p.make_noise(1, g) for g in gens])
+            inpaint = self._inpaint([r.fixed for r in requests])
             p.synchronize()
             t1 = time.perf_counter()
-            naction = p.denoise(cond, noise, cache=cache, generator=gen, inpaint=inpaint)
+            naction = p.denoise(cond, noise, cache=cache, inpaint=inpaint,
+                                generator=gens[0] if len(gens) == 1 else gens)
             p.synchronize()
         t2 = time.perf_counter()
-        action_pred = p.normalizer.unnormalize("action", naction.float())[0].cpu().numpy()
+        action_pred = p.normalizer.unnormalize("action", naction.float()).cpu().numpy()
         start = p.config.n_obs_steps - 1
-        actions = action_pred[start:].astype(np.float32)
+        total = self.n_blocks * p.num_inference_steps
+        computed = cache.computed_count if cache is not None else total
+        out: list[InferenceResult | ChunkRejected] = []
+        for i in range(len(requests)):
+            try:
+                actions = self._checked(action_pred[i, start:].astype(np.float32), limits,
+                                        limit_mode)
+            except ChunkRejected as exc:
+                out.append(exc)
+                continue
+            out.append(InferenceResult(
+                actions, 1000 * (t1 - t0), 1000 * (t2 - t1), 0.0, p.num_inference_steps,
+                computed, total - computed, use_bac, schedule.schedule_id if use_bac else "",
+                batch_size=len(requests)))
+        post_ms = 1000 * (time.perf_counter() - t2)
+        for r in out:
+            if isinstance(r, InferenceResult):
+                r.postprocess_ms = post_ms
+        return out
+
+    def _inpaint(self, fixed: list[tuple[np.ndarray, np.ndarray] | None]):
+        """Per-request fixed actions -> ``denoise``'s batched ``inpaint`` (None: none fixed)."""
+        if all(f is None for f in fixed):
+            return None
+        p = self.policy
+        H, Da = p.config.horizon, p.config.shape_meta.action_dim
+        start = p.config.n_obs_steps - 1
+        acts, mask = np.zeros((len(fixed), H, Da), np.float32), np.zeros((len(fixed), H), bool)
+        for i, f in enumerate(fixed):
+            if f is not None:
+                n = min(len(f[0]), H - start)
+                acts[i, start:start + n], mask[i, start:start + n] = f[0][:n], f[1][:n]
+        return p.inpaint_target(acts, mask)
+
+    @staticmethod
+    def _checked(actions: np.ndarray, limits, limit_mode: str) -> np.ndarray:
         if not np.isfinite(actions).all():
             raise ChunkRejected("predicted actions contain NaN/inf; chunk dropped")
         if limits and limits[0]:
@@ -179,27 +237,25 @@ class PolicyRuntime:
                     raise ChunkRejected(f"{int(outside.sum())} action values outside the limits;"
                                         " chunk rejected (limit_mode=reject)")
                 actions = np.clip(actions, lo, hi)
-        t3 = time.perf_counter()
-        total = self.n_blocks * p.num_inference_steps
-        computed = cache.computed_count if cache is not None else total
-        return InferenceResult(actions, 1000 * (t1 - t0), 1000 * (t2 - t1), 1000 * (t3 - t2),
-                               p.num_inference_steps, computed, total - computed, use_bac,
-                               schedule.schedule_id if use_bac else "")
+        return actions
 
     def warmup(self, iterations: int) -> list[float]:
-        """Run ``iterations`` inferences; returns each one's milliseconds (the node's first
-        replanning lead comes from them)."""
+        """Run ``iterations`` inferences at the largest batch (every robot due together: the
+        node's first replanning lead comes from their milliseconds, so it is not optimistic);
+        with ``compile``, first compile the graphs of batch 1 and of the largest batch."""
         from bac_ros.engine.testing import random_obs
 
         obs = random_obs(self.policy)
+        full = [InferRequest(obs, seed=i) for i in range(self.max_batch)]
         if self.compiled:  # compile every graph now, not on the control path
             t = time.perf_counter()
-            self.infer(obs, seed=0, use_bac=True)
-            self.infer(obs, seed=0, use_bac=False)
+            for batch in sorted({1, self.max_batch}):
+                for use_bac in (True, False):
+                    self.infer_batch(full[:batch], use_bac=use_bac)
             self.log(f"compiled the denoiser in {time.perf_counter() - t:.1f} s")
         times = []
-        for i in range(iterations):
+        for _ in range(iterations):
             t = time.perf_counter()
-            self.infer(obs, seed=i, use_bac=True)
+            self.infer_batch(full, use_bac=True)
             times.append(1000 * (time.perf_counter() - t))
         return times

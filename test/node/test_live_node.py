@@ -30,14 +30,15 @@ def test_replay_bag_through_node(tiny_files, messages):
     used = []
     with LiveNode({"checkpoint": tiny_files["checkpoint"],
                    "schedule": tiny_files["schedule"]}) as live:
-        infer = live.node.runtime.infer
+        infer = live.node.runtime.infer_batch
 
-        def spy(obs, seed, use_bac, **kw):  # records what the real runtime was given
-            res = infer(obs, seed, use_bac, **kw)
-            used.append((seed, use_bac, {k: v.copy() for k, v in obs.items()}, res))
+        def spy(requests, use_bac, **kw):  # records what the real runtime was given
+            res = infer(requests, use_bac, **kw)
+            used.extend((r.seed, use_bac, {k: v.copy() for k, v in r.obs.items()}, x)
+                        for r, x in zip(requests, res))
             return res
 
-        live.node.runtime.infer = spy
+        live.node.runtime.infer_batch = spy
         half = len(messages) // 2
         live.probe.replay(messages[:half])
         r = live.node.set_parameters([Parameter("bac.enabled", value=False)])
@@ -192,7 +193,7 @@ def test_parameters_validated_live(tiny_files):
                                   Parameter("latency_window", value=5)])
         assert all(r.successful for r in ok)
         assert node.buffer.tolerance_s == 0.05 and node.buffer.max_future_s == 0.2
-        assert node._latencies.maxlen == 5 and node._chunk_times.maxlen == 5
+        assert node.robots[0].latencies.maxlen == 5 and node.robots[0].chunk_times.maxlen == 5
 
 
 def test_inference_exception_and_nan_actions_are_contained(tiny_files, messages):
@@ -207,18 +208,18 @@ def test_inference_exception_and_nan_actions_are_contained(tiny_files, messages)
                 raise RuntimeError("injected CUDA error")
 
         live.node.fault_injector = inject
-        infer = live.node.runtime.infer
+        infer = live.node.runtime.infer_batch
         calls = {"n": 0}
 
-        def nan_once(obs, seed, use_bac, **kw):
+        def nan_once(requests, use_bac, **kw):
             calls["n"] += 1
-            res = infer(obs, seed, use_bac, **kw)
+            res = infer(requests, use_bac, **kw)
             if calls["n"] == 1:
                 from bac_ros.node.runtime import ChunkRejected
-                raise ChunkRejected("predicted actions contain NaN/inf; chunk dropped")
+                res[0] = ChunkRejected("predicted actions contain NaN/inf; chunk dropped")
             return res
 
-        live.node.runtime.infer = nan_once
+        live.node.runtime.infer_batch = nan_once
         action_at = live.node.actions.action_at
         ticks = {"n": 0}
 
@@ -267,13 +268,13 @@ def test_lowdim_policy_runs_on_joint_states_alone(tiny_files, messages):
     ckpt = save_policy(p, tiny_files["dir"] / "tiny_lowdim_named.safetensors")
     used = []
     with LiveNode({"checkpoint": str(ckpt)}) as live:
-        infer = live.node.runtime.infer
+        infer = live.node.runtime.infer_batch
 
-        def spy(obs, seed, use_bac, **kw):
-            used.append((seed, {k: v.copy() for k, v in obs.items()}))
-            return infer(obs, seed, use_bac, **kw)
+        def spy(requests, use_bac, **kw):
+            used.extend((r.seed, {k: v.copy() for k, v in r.obs.items()}) for r in requests)
+            return infer(requests, use_bac, **kw)
 
-        live.node.runtime.infer = spy
+        live.node.runtime.infer_batch = spy
         live.probe.replay(messages[:500])
         assert _wait(lambda: len(live.probe.result.chunks) >= 2, 5)
         chunks = {m.chunk_id: m for _, m in live.probe.result.chunks}
