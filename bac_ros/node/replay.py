@@ -69,6 +69,7 @@ class ReplayResult:
     published: int = 0
     duration_s: float = 0.0
     counters: dict = field(default_factory=dict)  # the node's counters at the end
+    robots: dict = field(default_factory=dict)  # robot name -> its ReplayResult (robots:=[...])
 
     def summary(self) -> dict:
         ok = [m for m in self.latencies if not m.warning]
@@ -97,6 +98,7 @@ class ReplayResult:
             else 0.0,
             "warnings": sorted({m.warning for m in self.latencies if m.warning})[:5],
             "bac_enabled": bool(ok and ok[-1].bac_enabled),
+            "batch_size_mean": float(np.mean([m.batch_size for m in ok])) if ok else 0.0,
             "blocks_computed_frac": float(np.mean([m.blocks_computed / max(1, m.blocks_computed
                                                    + m.blocks_reused) for m in ok]))
             if ok else float("nan"),
@@ -245,10 +247,15 @@ class LiveNode:
             rclpy.init()
         overrides = [Parameter(k, value=v) for k, v in parameters.items()]
         self.node = PolicyNode(parameter_overrides=overrides)
-        self.probe = Probe(f"/{node_name}")
+        # One probe per robot served (robots:=[...]: the outputs are ~/<robot>/...).
+        self.probes = {r: Probe(f"/{node_name}/{r}" if r else f"/{node_name}",
+                                f"bac_probe_{r}" if r else "bac_probe")
+                       for r in parameters.get("robots") or [""]}
+        self.probe = next(iter(self.probes.values()))  # its publishers replay the inputs
         self._executors = [SingleThreadedExecutor(), SingleThreadedExecutor()]
         self._executors[0].add_node(self.node)
-        self._executors[1].add_node(self.probe)
+        for probe in self.probes.values():
+            self._executors[1].add_node(probe)
         self._stop = threading.Event()
         # The node is served by the same capped loop as in its own process.
         self._threads = [threading.Thread(target=spin_node, daemon=True, args=(
@@ -265,7 +272,8 @@ class LiveNode:
         for t in self._threads:
             t.join(timeout=5)
         self.node.destroy_node()
-        self.probe.destroy_node()
+        for probe in self.probes.values():
+            probe.destroy_node()
         if self._own_context:
             rclpy.try_shutdown()
 
@@ -278,12 +286,34 @@ class LiveNode:
 
 def run_replay(bag: str | Path, parameters: dict, topics: dict[str, str] | None = None,
                rate: float = 1.0, tail_s: float = 1.0) -> ReplayResult:
-    """Start the node, replay ``bag`` through it, return what came out."""
-    messages = read_bag(bag, topics)
+    """Start the node, replay ``bag`` through it, return what came out. With ``robots`` in
+    ``parameters`` every robot gets the bag on its own topics (``/<robot>/<topic>``), all at
+    once (their chunks fall due together: the batched case); the result is the first robot's,
+    with every robot's in ``.robots``."""
+    messages = fan_out(read_bag(bag, topics), parameters.get("robots") or [])
     with LiveNode(parameters) as live:
         t0 = time.monotonic()
-        live.probe.result.published = live.probe.replay(messages, rate=rate)
+        published = live.probe.replay(messages, rate=rate)
         time.sleep(tail_s)
-        live.probe.result.duration_s = time.monotonic() - t0 - 1.0
-        live.probe.result.counters = dict(live.node.counters)
-        return live.probe.result
+        duration_s = time.monotonic() - t0 - 1.0
+        for name, probe in live.probes.items():
+            res = probe.result
+            res.published, res.duration_s = published // len(live.probes), duration_s
+            res.counters = dict(live.node.counters if not name else next(
+                r.counters for r in live.node.robots if r.name == name))
+        first = live.probe.result
+        if parameters.get("robots"):
+            first.robots = {name: p.result for name, p in live.probes.items()}
+        return first
+
+
+def fan_out(messages, robots: list[str]):
+    """The bag's messages once per robot, on ``/<robot>/<topic>``, interleaved by time."""
+    if not robots:
+        return messages
+    from bac_ros.node.robot import input_topic
+
+    out = [(t, input_topic(r, topic), typ, raw) for r in robots
+           for t, topic, typ, raw in messages]
+    out.sort(key=lambda m: m[0])
+    return out

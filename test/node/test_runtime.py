@@ -6,7 +6,7 @@ import torch
 
 from bac_ros.engine.testing import random_obs
 from bac_ros.node.params import NodeConfig
-from bac_ros.node.runtime import ChunkRejected, ConfigureError, PolicyRuntime
+from bac_ros.node.runtime import ChunkRejected, ConfigureError, InferRequest, PolicyRuntime
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,8 @@ def test_compiled_runtime_matches_eager(lowdim):
 
     cfg = NodeConfig(checkpoint=lowdim["checkpoint"], schedule=lowdim["schedule"])
     eager = PolicyRuntime(cfg)
-    comp = PolicyRuntime(cfg.replace(compile=True))
+    # Two robots: the warm-up compiles batch 1 and a batch-dynamic graph per mask.
+    comp = PolicyRuntime(cfg.replace(compile=True, robots=["a", "b"]))
     assert isinstance(comp.cache, CompiledSchedule) and comp.full_runner is not None
     comp.warmup(1)
     obs = random_obs(eager.policy, seed=5)
@@ -95,3 +96,39 @@ def test_compiled_runtime_matches_eager(lowdim):
         a, b = eager.infer(obs, 7, use_bac), comp.infer(obs, 7, use_bac)
         np.testing.assert_allclose(b.actions, a.actions, rtol=1e-4, atol=1e-3)
         assert (a.blocks_computed, a.bac_used) == (b.blocks_computed, b.bac_used)
+        # a batch size the warm-up did not see runs the dynamic graph, same actions
+        reqs = [InferRequest(random_obs(eager.policy, seed=i), seed=i) for i in range(3)]
+        for req, got in zip(reqs, comp.infer_batch(reqs, use_bac)):
+            want = eager.infer(req.obs, req.seed, use_bac)
+            np.testing.assert_allclose(got.actions, want.actions, rtol=1e-4, atol=1e-3)
+
+
+def test_batched_requests_equal_each_alone(lowdim):
+    """infer_batch (several robots in one forward) gives every request the chunk `infer`
+    gives it alone: own observation, own noise seed, own fixed actions; with a schedule and
+    with full compute, and a rejected row does not take the others with it."""
+    rt = PolicyRuntime(NodeConfig(checkpoint=lowdim["checkpoint"], schedule=lowdim["schedule"],
+                                  robots=["a", "b", "c"]))
+    assert rt.max_batch == 3
+    Da = rt.config.shape_meta.action_dim
+    fixed = (np.full((2, Da), 100.0, np.float32), np.array([True, True]))
+    reqs = [InferRequest(random_obs(rt.policy, seed=i), seed=10 + i) for i in range(3)]
+    reqs[1].fixed = fixed  # real-time chunking for one robot only
+    for use_bac in (True, False):
+        batch = rt.infer_batch(reqs, use_bac=use_bac)
+        for req, got in zip(reqs, batch):
+            alone = rt.infer(req.obs, req.seed, use_bac, fixed=req.fixed)
+            np.testing.assert_allclose(got.actions, alone.actions, rtol=1e-5, atol=1e-4)
+            assert got.batch_size == 3 and alone.batch_size == 1
+            assert (got.blocks_computed, got.bac_used) == (alone.blocks_computed, use_bac)
+        np.testing.assert_allclose(batch[1].actions[:2], fixed[0], atol=1e-3)
+        # different robots, different chunks (own noise and observation)
+        assert np.abs(batch[0].actions - batch[2].actions).max() > 1e-3
+    # Robot b's fixed actions lie outside the limits: its chunk alone is rejected.
+    reqs[1].fixed = (np.full((2, Da), -1000.0, np.float32), np.array([True, True]))
+    limits = ([-500.0] * Da, [5000.0] * Da)
+    out = rt.infer_batch(reqs, use_bac=True, limits=limits, limit_mode="reject")
+    assert isinstance(out[1], ChunkRejected) and "outside the limits" in str(out[1])
+    for i in (0, 2):
+        alone = rt.infer(reqs[i].obs, reqs[i].seed, True, limits=limits, limit_mode="reject")
+        np.testing.assert_allclose(out[i].actions, alone.actions, rtol=1e-5, atol=1e-4)
