@@ -43,11 +43,13 @@ class NodeConfig:
         "cap on executor callbacks per second (messages, timers, services): input beyond it "
         "is dropped by DDS (best effort, newest kept), so a kHz driver cannot starve "
         "inference and the command stream of CPU", True, 10.0, 1e6))
-    compile: bool = field(default=False, metadata=meta(
-        "run the denoiser compiled (torch.compile/inductor, one graph per distinct compute mask "
-        "of the schedule, compiled during configure's warm-up: tens of seconds on a CPU); "
-        "schedules with more than 8 distinct masks, runtime changes of K and the first chunk "
-        "after a schedule hot-swap run or compile on the inference worker", True))
+    compile: bool = field(default=True, metadata=meta(
+        "run the denoiser compiled when that is faster: configure compiles it (torch.compile/"
+        "inductor, one graph per distinct compute mask; seconds to tens of seconds, never on the "
+        "control path), times compiled against eager chunks and keeps the faster (logged; "
+        "`compile_choice` on /diagnostics); a failed compile (no C++ compiler) runs eagerly. "
+        "false: eager, nothing compiled (faster start). Schedules with more than 8 distinct "
+        "masks run eagerly", True))
     warmup_iterations: int = field(default=2, metadata=meta(
         "inferences run at start to warm up the device", True, 0, 100))
     seed: int = field(default=0, metadata=meta(

@@ -306,7 +306,8 @@ class PolicyNode(LifecycleNode):
             last = f"{self._warmup_ms[-1]:.0f} ms" if self._warmup_ms else "-"
             log.info(f"warm-up: {cfg.warmup_iterations} inferences in "
                      f"{1000 * (time.perf_counter() - t):.0f} ms (last {last}); torch "
-                     f"threads {torch.get_num_threads()} intra-op; compiled {cfg.compile}")
+                     f"threads {torch.get_num_threads()} intra-op; denoiser "
+                     f"{self.runtime.compile_choice}")
         rgb_keys, low_keys = pc.shape_meta.rgb_keys, pc.shape_meta.low_dim_keys
         if len(cfg.image_topics) < len(rgb_keys):
             raise ConfigureError(f"the policy has {len(rgb_keys)} cameras {rgb_keys} but only "
@@ -829,6 +830,7 @@ class PolicyNode(LifecycleNode):
         values.update(
             lifecycle_state=self.lifecycle_state, robots=len(self.robots),
             compiled=bool(self.runtime is not None and self.runtime.compiled),
+            compile_choice=self.runtime.compile_choice if self.runtime is not None else "",
             bac_enabled=self.cfg.bac_enabled and self.runtime.schedule is not None,
             schedule_id=self.runtime.schedule.schedule_id if self.runtime.schedule else "")
         return values

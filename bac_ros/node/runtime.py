@@ -75,7 +75,8 @@ class PolicyRuntime:
         self.dtype = _DTYPES[cfg.dtype]
         self._allow_mismatch = cfg.bac_allow_fingerprint_mismatch
         self._swap_lock = threading.Lock()
-        self.compiled = cfg.compile
+        self.compiled = cfg.compile  # may turn False at warm-up: eager was faster, or failed
+        self.compile_choice = "off (compile:=false)" if not cfg.compile else "not warmed up"
         self.max_batch = max(1, len(cfg.robots))  # robots served by one batched forward
         self.schedule: CacheSchedule | None = None
         self.cache: ScheduledBlockCache | None = None
@@ -242,20 +243,61 @@ class PolicyRuntime:
     def warmup(self, iterations: int) -> list[float]:
         """Run ``iterations`` inferences at the largest batch (every robot due together: the
         node's first replanning lead comes from their milliseconds, so it is not optimistic);
-        with ``compile``, first compile the graphs of batch 1 and of the largest batch."""
+        with ``compile``, first compile and keep whichever of compiled and eager is faster."""
         from bac_ros.engine.testing import random_obs
 
         obs = random_obs(self.policy)
         full = [InferRequest(obs, seed=i) for i in range(self.max_batch)]
-        if self.compiled:  # compile every graph now, not on the control path
-            t = time.perf_counter()
-            for batch in sorted({1, self.max_batch}):
-                for use_bac in (True, False):
-                    self.infer_batch(full[:batch], use_bac=use_bac)
-            self.log(f"compiled the denoiser in {time.perf_counter() - t:.1f} s")
+        if self.compiled:
+            self._compile_or_fall_back(full)
         times = []
         for _ in range(iterations):
             t = time.perf_counter()
             self.infer_batch(full, use_bac=True)
             times.append(1000 * (time.perf_counter() - t))
         return times
+
+    def _compile_or_fall_back(self, full: list[InferRequest], rounds: int = 3) -> None:
+        """Compile every graph now, never on the control path (batch 1 and the largest batch,
+        schedule and full compute), then time compiled against eager chunks, alternating, and
+        keep the faster: a compiler is not faster for every model and machine (on a CPU with
+        tiny matrices, or where the generated code is poor), and with no working C++ compiler
+        or an inductor failure the node still serves, eagerly."""
+        t = time.perf_counter()
+        try:
+            for batch in sorted({1, self.max_batch}):
+                for use_bac in (True, False):
+                    self.infer_batch(full[:batch], use_bac=use_bac)
+        except Exception as exc:  # noqa: BLE001 - eager execution does not need the compiler
+            self._set_runners(*self._eager_runners())
+            self.compile_choice = f"eager: compiling failed ({type(exc).__name__})"
+            self.log(f"compiling the denoiser failed, running eagerly: {str(exc)[:300]} "
+                     "(compile:=false skips the attempt)")
+            return
+        compile_s = time.perf_counter() - t
+        compiled, eager = (self.cache, self.full_runner), self._eager_runners()
+        ms = {"compiled": [], "eager": []}
+        for _ in range(rounds):
+            for name, runners in (("compiled", compiled), ("eager", eager)):
+                self._set_runners(*runners)
+                t = time.perf_counter()
+                self.infer_batch(full, use_bac=True)
+                ms[name].append(1000 * (time.perf_counter() - t))
+        med = {k: float(np.median(v)) for k, v in ms.items()}
+        use = "compiled" if med["compiled"] < med["eager"] else "eager"
+        self._set_runners(*(compiled if use == "compiled" else eager))
+        self.compile_choice = (f"{use}: chunk {med['compiled']:.1f} ms compiled vs "
+                               f"{med['eager']:.1f} ms eager")
+        self.log(f"compiled the denoiser in {compile_s:.1f} s; {self.compile_choice} (batch "
+                 f"{len(full)}, median of {rounds}) -> running {use}")
+
+    def _eager_runners(self):
+        cache = None if self.schedule is None else \
+            ScheduledBlockCache(self.schedule, self.policy.model.blocks())
+        return cache, None
+
+    def _set_runners(self, cache, full_runner) -> None:
+        """Switch the active schedule's executor and full compute's (compiled or eager)."""
+        with self._swap_lock:
+            self.cache, self.full_runner = cache, full_runner
+            self.compiled = full_runner is not None

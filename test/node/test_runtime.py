@@ -132,3 +132,37 @@ def test_batched_requests_equal_each_alone(lowdim):
     for i in (0, 2):
         alone = rt.infer(reqs[i].obs, reqs[i].seed, True, limits=limits, limit_mode="reject")
         np.testing.assert_allclose(out[i].actions, alone.actions, rtol=1e-5, atol=1e-4)
+
+
+def test_compile_keeps_the_faster_and_survives_a_missing_compiler(lowdim):
+    """compile:=true (the default) times compiled against eager chunks at warm-up and keeps the
+    faster (both numbers in compile_choice); with no working C++ compiler it runs eagerly
+    instead of failing to start."""
+    import torch._inductor.config as inductor_config
+
+    from bac_ros.bac.compiled import CompiledSchedule
+
+    cfg = NodeConfig(checkpoint=lowdim["checkpoint"], schedule=lowdim["schedule"])
+    assert cfg.compile  # the default
+    rt = PolicyRuntime(cfg)
+    rt.warmup(1)
+    choice = rt.compile_choice
+    assert choice.startswith(("compiled:", "eager:")) and "ms compiled vs" in choice, choice
+    assert rt.compiled == choice.startswith("compiled:")
+    assert isinstance(rt.cache, CompiledSchedule) == rt.compiled
+    assert rt.infer(random_obs(rt.policy), 3, True).bac_used
+
+    torch._dynamo.reset()  # nothing compiled may be reused: the compiler must run
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False}):
+        broken = PolicyRuntime(cfg)
+        logs = []
+        broken.log = logs.append
+        broken.warmup(1)
+    assert broken.compile_choice.startswith("eager: compiling failed"), broken.compile_choice
+    assert not broken.compiled and broken.full_runner is None
+    assert any("running eagerly" in m for m in logs), logs
+    ref = PolicyRuntime(cfg.replace(compile=False))
+    obs = random_obs(ref.policy, seed=2)
+    np.testing.assert_allclose(broken.infer(obs, 4, True).actions, ref.infer(obs, 4, True).actions,
+                               rtol=1e-6, atol=1e-5)
+    torch._dynamo.reset()
