@@ -121,6 +121,14 @@ class ObservationBuffer:
             st = self._src[source].stamps
             return st[-1] if st else None
 
+    def sample_period_s(self, source: str, n: int = 8) -> float | None:
+        """Median spacing of ``source``'s last ``n`` kept samples (None with fewer than 3)."""
+        with self._lock:
+            st = list(self._src[source].stamps)[-n:]
+        if len(st) < 3:
+            return None
+        return float(np.median(np.diff(st)))
+
     def latest(self) -> ObservationHistory | None:
         """The newest complete history, or None (a source has no matching samples yet)."""
         with self._lock:

@@ -99,6 +99,15 @@ class NodeConfig:
         "when to start the next inference: latency (when the time left in the current chunk "
         "falls below the recent p95 inference latency + replan_margin_ms) or remaining "
         "(replan_remaining actions left); replan_rate_hz > 0 overrides both"))
+    replan_on_fresh_observation: bool = field(default=True, metadata=meta(
+        "latency mode: once the next inference is due within one frame period of the anchor "
+        "input (the first camera), start it when the next complete observation arrives "
+        "instead of at the control tick, so the chunk is computed from a frame milliseconds "
+        "old rather than up to a frame period old"))
+    batch_window_ms: float = field(default=10.0, metadata=meta(
+        "several robots: when one robot's chunk starts, wait up to this long for the robots "
+        "due within a frame to receive it, so their chunks share the batched forward (0 = "
+        "never wait)", False, 0.0, 1000.0))
     replan_margin_ms: float = field(default=30.0, metadata=meta(
         "latency mode: safety margin added to the p95 latency", False, 0.0, 10000.0))
     replan_remaining: int = field(default=2, metadata=meta(

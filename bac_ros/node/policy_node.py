@@ -422,7 +422,7 @@ class PolicyNode(LifecycleNode):
         for robot in self.robots:
             robot.actions.clear()
             robot.last_trigger_s = -1e9
-            robot.serving = False
+            robot.serving = robot.armed = False
 
     def _stop_worker(self) -> None:
         self._stop.set()
@@ -509,8 +509,9 @@ class PolicyNode(LifecycleNode):
                 return
             arr = conv.from_compressed(msg) if isinstance(msg, CompressedImage) else \
                 conv.from_image(msg)
-            robot.buffer.add(f"camera:{key}", stamp, {key: arr}, self._now_s(),
-                             time.monotonic())
+            if robot.buffer.add(f"camera:{key}", stamp, {key: arr}, self._now_s(),
+                                time.monotonic()):
+                self._fresh_sample(robot, f"camera:{key}")
         except InputError as err:
             self._reject(robot, err)
         except Exception as exc:  # noqa: BLE001 - never let a callback kill the executor
@@ -522,12 +523,27 @@ class PolicyNode(LifecycleNode):
             stamp = stamp_s(msg.header.stamp)
             if self._decimated(robot, "joints", stamp):
                 return
-            robot.buffer.add("joints", stamp, self.joint_mapper(msg), self._now_s(),
-                             time.monotonic())
+            if robot.buffer.add("joints", stamp, self.joint_mapper(msg), self._now_s(),
+                                time.monotonic()):
+                self._fresh_sample(robot, "joints")
         except InputError as err:
             self._reject(robot, err)
         except Exception as exc:  # noqa: BLE001
             self._reject(robot, InputError("internal", f"joint callback failed: {exc!r}"))
+
+    def _fresh_sample(self, robot: RobotChannel, source: str) -> None:
+        """A new sample of the anchor source while ``robot`` is armed: start its chunk now,
+        from this observation (see ``replan_on_fresh_observation``)."""
+        if not robot.armed or source != robot.buffer.sources[0]:
+            return
+        robot.armed = False
+        with self._pending_lock:
+            if robot.in_flight or robot.pending:
+                return
+            robot.pending = True
+        robot.last_trigger_s = self._now_s()
+        self._count(robot, "fresh_observation_triggers")
+        self._wake.set()
 
     def _decimated(self, robot: RobotChannel, source: str, stamp: float) -> bool:
         """A sample within the buffer's min spacing of the newest kept one is dropped before
@@ -584,10 +600,15 @@ class PolicyNode(LifecycleNode):
                                    throttle_duration_sec=1.0)
         if self.cfg.replan_rate_hz > 0:
             trigger = now - robot.last_trigger_s >= 1.0 / self.cfg.replan_rate_hz
-        elif robot.in_flight:  # the chunk in flight answers this tick's need; re-check after it
+        elif robot.in_flight or robot.pending:  # answered by the chunk in flight / about to run
             trigger = False
         elif self.cfg.replan_mode == "latency":
-            trigger = robot.actions.time_left_s(now) <= self.replan_lead_s(robot)
+            left, lead = robot.actions.time_left_s(now), self.replan_lead_s(robot)
+            trigger = left <= lead
+            if not trigger and self.cfg.replan_on_fresh_observation:
+                # Due within one frame: the next frame's arrival starts it (_fresh_sample).
+                period = robot.buffer.sample_period_s(robot.buffer.sources[0])
+                robot.armed = period is not None and left <= lead + period
         else:
             trigger = robot.actions.remaining(now) <= self.cfg.replan_remaining
         if trigger:
@@ -606,8 +627,11 @@ class PolicyNode(LifecycleNode):
                 break
             # Every robot triggered by now shares this forward; one triggered during it waits
             # for the next (its wake is set again).
+            self._batch_window()
             with self._pending_lock:
                 batch = [r for r in self.robots if r.pending]
+                if batch:
+                    batch += self._due_during_forward([r for r in self.robots if r not in batch])
                 for robot in batch:
                     robot.pending, robot.in_flight = False, True
             if not batch:
@@ -625,6 +649,34 @@ class PolicyNode(LifecycleNode):
                 with self._pending_lock:
                     for robot in batch:
                         robot.in_flight = False
+
+    def _batch_window(self) -> None:
+        """Several robots: give the ones armed for their next frame (due within a frame) up
+        to batch_window_ms to receive it and join this forward (one batched forward costs far
+        less than one per robot; docs/benchmarks.md)."""
+        if len(self.robots) < 2 or self.cfg.batch_window_ms <= 0:
+            return
+        end = time.monotonic() + self.cfg.batch_window_ms / 1000
+        while time.monotonic() < end and any(
+                r.armed and not r.pending and not r.in_flight for r in self.robots):
+            time.sleep(0.0005)
+
+    def _due_during_forward(self, others: list[RobotChannel]) -> list[RobotChannel]:
+        """Robots (not triggered, not in flight) whose next chunk would fall due before the
+        forward about to start ends: they join it now rather than wait for it and run alone
+        after it (late by a whole forward). This also pulls robots whose cameras drifted
+        apart back into step. Latency mode only (the other modes fix when chunks start)."""
+        if self.cfg.replan_mode != "latency" or self.cfg.replan_rate_hz > 0:
+            return []
+        now = self._now_s()
+        out = []
+        for r in others:
+            left = r.actions.time_left_s(now)
+            if not r.in_flight and 0 < left <= self.replan_lead_s(r) + self.latency_p95_s(r):
+                r.armed = False
+                self._count(r, "joined_early")
+                out.append(r)
+        return out
 
     def replan_lead_s(self, robot: RobotChannel) -> float:
         """Latency mode: how long before ``robot``'s current chunk runs out its next inference

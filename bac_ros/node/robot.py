@@ -54,6 +54,7 @@ class RobotChannel:
     serving: bool = False  # command stream state, logged on transitions
     pending: bool = False  # triggered, waiting for the inference worker
     in_flight: bool = False  # its chunk is being computed
+    armed: bool = False  # due within a frame: start at the next complete observation
     warning: str = ""
 
     def __post_init__(self) -> None:
@@ -77,4 +78,4 @@ class RobotChannel:
         self.buffer.clear()
         self.actions.clear()
         self.last_trigger_s = -1e9
-        self.serving = False
+        self.serving = self.armed = False

@@ -411,3 +411,24 @@ def test_launch_parameter_types(tiny_files):
     text = out.stdout + out.stderr
     assert out.returncode == 2 and "cannot start: parameter `control_rate_hz`" in text, text
     assert "Traceback" not in text
+
+
+def test_fresh_observation_starts_the_chunk(tiny_files, messages):
+    """replan_on_fresh_observation (default): a chunk due within a frame starts when the next
+    camera frame arrives, so it is computed from a frame milliseconds old; at the control tick
+    (false) the frame waits for the tick, ~half a 10 Hz frame period on average."""
+    waits = {}
+    for fresh in (True, False):
+        with LiveNode({"checkpoint": tiny_files["checkpoint"], "schedule": tiny_files["schedule"],
+                       "replan_on_fresh_observation": fresh}) as live:
+            live.probe.replay(messages[:700])
+            time.sleep(0.3)
+            lats = [m for m in live.probe.result.latencies if not m.warning]
+            triggers = live.node.counters["fresh_observation_triggers"]
+        assert len(lats) >= 5
+        assert (triggers >= len(lats) // 2) if fresh else triggers == 0, (triggers, len(lats))
+        # observation age at publication minus the inference itself = how long the frame
+        # waited before its chunk started
+        waits[fresh] = float(np.median([m.observation_age_ms - m.preprocess_ms - m.denoise_ms
+                                        - m.postprocess_ms for m in lats]))
+    assert waits[True] < 25.0 and waits[True] < waits[False] - 15.0, waits

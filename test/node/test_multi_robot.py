@@ -64,8 +64,8 @@ def test_two_robots_one_node(tiny_files, bag):
             assert len(res.commands) >= 20, (r, len(res.commands))
         # Their chunks fell due together: most were computed in one batched forward.
         sizes = [m.batch_size for m in live.probes["r1"].result.latencies if not m.warning]
-        assert sizes and max(sizes) == 2 and np.mean(sizes) > 1.2, sizes
-        assert node.counters["batched_chunks"] >= 4
+        assert sizes.count(2) >= len(sizes) // 2 and sizes.count(2) >= 3, sizes
+        assert node.counters["batched_chunks"] >= 6
         # Offline agreement for the second robot: its own observation and noise stream.
         policy = load_policy(tiny_files["checkpoint"])
         chunks2 = {m.chunk_id: m for _, m in live.probes["r2"].result.chunks}
