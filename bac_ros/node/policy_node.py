@@ -297,7 +297,7 @@ class PolicyNode(LifecycleNode):
     # -- what the transitions do ---------------------------------------------------------------
     def _configure(self) -> None:
         cfg, log = self.cfg, self.get_logger()
-        self.runtime = PolicyRuntime(cfg, log=log.warning)
+        self.runtime = PolicyRuntime(cfg, log=log.warning, info=log.info)
         pc = self.runtime.config
         self._check_runtime_constraints(cfg)
         if cfg.warmup_iterations or cfg.compile:

@@ -51,8 +51,9 @@ class InferRequest:
 
 
 class PolicyRuntime:
-    def __init__(self, cfg: NodeConfig, log=print):
-        self.log = log
+    def __init__(self, cfg: NodeConfig, log=print, info=None):
+        self.log = log  # warnings
+        self.info = info or log
         if not cfg.checkpoint:
             raise ConfigureError("parameter `checkpoint` is empty: give a .safetensors policy "
                                  "(or a diffusion_policy .ckpt with allow_pickle_checkpoint).")
@@ -288,7 +289,7 @@ class PolicyRuntime:
         self._set_runners(*(compiled if use == "compiled" else eager))
         self.compile_choice = (f"{use}: chunk {med['compiled']:.1f} ms compiled vs "
                                f"{med['eager']:.1f} ms eager")
-        self.log(f"compiled the denoiser in {compile_s:.1f} s; {self.compile_choice} (batch "
+        self.info(f"compiled the denoiser in {compile_s:.1f} s; {self.compile_choice} (batch "
                  f"{len(full)}, median of {rounds}) -> running {use}")
 
     def _eager_runners(self):
