@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="build/eval", help="output folder (resumed if present)")
+    p.add_argument("--compile", action="store_true",
+                   help="run every method (and full compute) compiled, as the node does by "
+                        "default (bac.compiled.CompiledSchedule); use its own --out")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -69,7 +72,8 @@ def run(args) -> int:
                      noise_floor=not args.no_noise_floor, gif_episodes=args.gif_episodes,
                      calib_observations=args.calib_observations,
                      search_evals=args.search_evals, margin=args.margin,
-                     demos=args.demos or str(REPO_DATA / "pusht" / "demos.npz"))
+                     demos=args.demos or str(REPO_DATA / "pusht" / "demos.npz"),
+                     compile=args.compile)
     policy = load_policy(args.checkpoint or bundled_policy()[0])
     if args.n_action_steps:
         import dataclasses

@@ -53,6 +53,7 @@ class EvalConfig:
     search_evals: int = 300
     margin: float = 0.03  # non-inferiority margin on mean max coverage
     demos: str = "data/pusht/demos.npz"  # calibration histories come from these demos
+    compile: bool = False  # every method through bac.compiled (the node's default execution)
 
     def __post_init__(self) -> None:
         for name in ("episodes", "max_steps", "calib_observations", "batch_episodes",
@@ -279,6 +280,20 @@ def _flops_ratio_vs_full(policy, sched: CacheSchedule | None, full_steps: int) -
         None if sched is None else sched.update_steps)
 
 
+def _runner(policy, sched: CacheSchedule | None, compile: bool):
+    """The executor a method runs with: eager (None for full compute, else the block cache)
+    or, with ``compile``, compiled like the node runs it (a schedule with too many distinct
+    masks for compiling runs eagerly there and here)."""
+    if compile:
+        from bac_ros.bac.compiled import CompiledSchedule
+
+        try:
+            return CompiledSchedule(policy.model, sched, policy.num_inference_steps)
+        except ValueError:
+            pass
+    return None if sched is None else ScheduledBlockCache(sched, policy.model.blocks())
+
+
 def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
                factory: ScheduleFactory, progress: bool = True) -> dict:
     """Evaluate one method over every batch, resuming from saved batches. Returns its record."""
@@ -307,6 +322,8 @@ def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
                 "batch_episodes": cfg.batch_episodes,
                 "noise_seed": cfg.noise_seed + (1 if floor else 0),
                 "n_action_steps": policy.config.n_action_steps}
+        if cfg.compile:  # only then: records written before the option still resume
+            meta["compiled"] = True
         path = out_dir / "episodes" / f"{slug(name)}.json"
         record = {"meta": meta, "batches": {}}
         if path.exists():
@@ -315,7 +332,7 @@ def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
             if {"n_action_steps": 8, **old.get("meta", {})} == meta:
                 record = old
                 record["meta"] = meta
-        cache = None if sched is None else ScheduledBlockCache(sched, policy.model.blocks())
+        cache = _runner(policy, sched, cfg.compile)
         for j in range(cfg.n_batches):
             seeds = cfg.batch_seeds(j)
             have = record["batches"].get(str(j))
