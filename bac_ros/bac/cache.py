@@ -10,11 +10,48 @@ from bac_ros.bac.interface import BlockInfo
 from bac_ros.bac.schedule import CacheSchedule
 
 
-class ScheduledBlockCache:
+class ScheduleSteps:
+    """The chunk bookkeeping every executor of a static schedule shares (the BlockCache
+    protocol's ``reset`` / ``set_step`` / ``computed_count``): the compute table (a plain
+    list of lists: a Python list index is far cheaper than a tensor index in the hot loop),
+    the current step and the blocks computed so far this chunk."""
+
+    def __init__(self, table: list[list[bool]]):
+        self._table = table
+        self._row_counts = [sum(row) for row in table]
+        self._step = -1
+        self._computed = 0
+
+    @staticmethod
+    def check_blocks(schedule: CacheSchedule, blocks: Sequence[BlockInfo]) -> None:
+        if [b.name for b in blocks] != schedule.block_names:
+            raise ValueError("schedule blocks do not match the model's blocks; use "
+                             "CacheSchedule.check_compatible first.")
+
+    @property
+    def num_steps(self) -> int:
+        return len(self._table)
+
+    @property
+    def computed_count(self) -> int:
+        return self._computed
+
+    def reset(self) -> None:
+        self._step = -1
+        self._computed = 0
+
+    def set_step(self, step_index: int) -> None:
+        if not 0 <= step_index < len(self._table):
+            raise IndexError(f"step {step_index} outside the schedule's K={len(self._table)} "
+                             "steps; the policy's step count must match the schedule.")
+        self._step = step_index
+        self._computed += self._row_counts[step_index]
+
+
+class ScheduledBlockCache(ScheduleSteps):
     """Implements ``bac.interface.BlockCache`` for a static schedule.
 
-    The compute table is a plain list of lists (a Python list index is far cheaper
-    than a tensor index in the hot loop). Eagerly, ``store`` keeps a reference to the
+    Eagerly, ``store`` keeps a reference to the
     block's output (a fresh tensor nothing writes to again: a copy would cost 24 copies per
     computed step). With ``static_buffers`` the outputs are copied into buffers allocated
     once per shape, so addresses stay fixed across chunks (what CUDA graph capture needs).
@@ -22,51 +59,32 @@ class ScheduledBlockCache:
 
     def __init__(self, schedule: CacheSchedule, blocks: Sequence[BlockInfo],
                  static_buffers: bool = False):
-        names = [b.name for b in blocks]
-        if names != schedule.block_names:
-            raise ValueError("schedule blocks do not match the model's blocks; use "
-                             "CacheSchedule.check_compatible first.")
+        self.check_blocks(schedule, blocks)
+        super().__init__(schedule.table())
         self.schedule = schedule
         self.static_buffers = static_buffers
-        self._table = schedule.table()
-        self._row_counts = [sum(row) for row in self._table]
         self._row: list[bool] = self._table[0]
         self._blocks_of = {kind: [b.index for b in blocks if b.kind == kind]
                            for kind in {b.kind for b in blocks}}
         # Per step: does any block of each kind compute?
         self._kind_rows = [{kind: any(row[i] for i in idx) for kind, idx in
                             self._blocks_of.items()} for row in self._table]
-        self._buffers: list[torch.Tensor | None] = [None] * len(names)
-        self._stored = [False] * len(names)
-        self._step = -1
-        self._computed = 0
+        self._buffers: list[torch.Tensor | None] = [None] * len(blocks)
+        self._stored = [False] * len(blocks)
         self._total: torch.Tensor | None = None  # sum of every buffer, while none changes
-
-    @property
-    def num_steps(self) -> int:
-        return self.schedule.num_steps
-
-    @property
-    def computed_count(self) -> int:
-        return self._computed
 
     @property
     def reused_count(self) -> int:
         return (self._step + 1) * len(self._buffers) - self._computed
 
     def reset(self) -> None:
-        self._step = -1
-        self._computed = 0
+        super().reset()
         self._total = None
         self._stored = [False] * len(self._buffers)
 
     def set_step(self, step_index: int) -> None:
-        if not 0 <= step_index < len(self._table):
-            raise IndexError(f"step {step_index} outside the schedule's K={len(self._table)} "
-                             "steps; the policy's step count must match the schedule.")
-        self._step = step_index
+        super().set_step(step_index)
         self._row = self._table[step_index]
-        self._computed += self._row_counts[step_index]
 
     def computes_kind(self, kind) -> bool:
         """Whether any block of ``kind`` computes at the current step (the model may skip

@@ -10,7 +10,7 @@ schedule has three (all blocks, none, and the first step's all-with-nothing-cach
 compute has one; a BAC schedule may have dozens, more than ``max_graphs`` is refused.
 
 The runner speaks the BlockCache protocol's chunk interface (``reset``, ``set_step``,
-``computed_count``) and adds ``run_model``, which ``DiffusionPolicy.denoise`` calls instead of
+``computed_count``, from ``ScheduleSteps``) and adds ``run_model``, which ``DiffusionPolicy.denoise`` calls instead of
 the model. CUDA graphs ("reduce-overhead") go through the same path on a GPU; not measured
 here (no GPU was lent).
 """
@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import torch
 
+from bac_ros.bac.cache import ScheduleSteps
 from bac_ros.bac.schedule import CacheSchedule
 
 
-class CompiledSchedule:
+class CompiledSchedule(ScheduleSteps):
     """Runs ``model.forward_masked`` compiled, per the compute masks of ``schedule`` (None:
     full compute over ``num_steps`` steps)."""
 
@@ -34,11 +35,11 @@ class CompiledSchedule:
                 raise ValueError("full compute needs num_steps")
             table = [[True] * n for _ in range(num_steps)]
         else:
-            if [b.name for b in model.blocks()] != schedule.block_names:
-                raise ValueError("schedule blocks do not match the model's blocks")
+            self.check_blocks(schedule, model.blocks())
             table = schedule.table()
         if not all(table[0]):
             raise ValueError("the first step must compute every block (nothing is cached yet)")
+        super().__init__(table)
         self.schedule = schedule
         self._masks = [tuple(bool(v) for v in row) for row in table]
         self.distinct_masks = sorted(set(self._masks), key=self._masks.index)
@@ -55,29 +56,10 @@ class CompiledSchedule:
                                  dynamic=None if dynamic_batch else False, fullgraph=True)
         self._n = n
         self._cached: list[torch.Tensor | None] = [None] * n
-        self._step = -1
-        self._computed = 0
-
-    # -- BlockCache chunk interface -----------------------------------------------------------
-    @property
-    def num_steps(self) -> int:
-        return len(self._masks)
-
-    @property
-    def computed_count(self) -> int:
-        return self._computed
 
     def reset(self) -> None:
+        super().reset()
         self._cached = [None] * self._n
-        self._step = -1
-        self._computed = 0
-
-    def set_step(self, step_index: int) -> None:
-        if not 0 <= step_index < len(self._masks):
-            raise IndexError(f"step {step_index} outside the schedule's K={len(self._masks)} "
-                             "steps; the policy's step count must match the schedule.")
-        self._step = step_index
-        self._computed += sum(self._masks[step_index])
 
     def run_model(self, step_index: int, sample, timestep, cond) -> torch.Tensor:
         mask = self._masks[step_index]

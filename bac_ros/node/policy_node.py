@@ -598,6 +598,7 @@ class PolicyNode(LifecycleNode):
             robot.serving = True
             self.get_logger().info(f"{robot.label}command stream serving chunk {due[1]}",
                                    throttle_duration_sec=1.0)
+        armed = False  # only while waiting for a frame that starts a due chunk
         if self.cfg.replan_rate_hz > 0:
             trigger = now - robot.last_trigger_s >= 1.0 / self.cfg.replan_rate_hz
         elif robot.in_flight or robot.pending:  # answered by the chunk in flight / about to run
@@ -608,9 +609,10 @@ class PolicyNode(LifecycleNode):
             if not trigger and self.cfg.replan_on_fresh_observation:
                 # Due within one frame: the next frame's arrival starts it (_fresh_sample).
                 period = robot.buffer.sample_period_s(robot.buffer.sources[0])
-                robot.armed = period is not None and left <= lead + period
+                armed = period is not None and left <= lead + period
         else:
             trigger = robot.actions.remaining(now) <= self.cfg.replan_remaining
+        robot.armed = armed
         if trigger:
             robot.last_trigger_s = now
             with self._pending_lock:
@@ -633,7 +635,7 @@ class PolicyNode(LifecycleNode):
                 if batch:
                     batch += self._due_during_forward([r for r in self.robots if r not in batch])
                 for robot in batch:
-                    robot.pending, robot.in_flight = False, True
+                    robot.pending, robot.in_flight, robot.armed = False, True, False
             if not batch:
                 continue
             try:
@@ -673,7 +675,6 @@ class PolicyNode(LifecycleNode):
         for r in others:
             left = r.actions.time_left_s(now)
             if not r.in_flight and 0 < left <= self.replan_lead_s(r) + self.latency_p95_s(r):
-                r.armed = False
                 self._count(r, "joined_early")
                 out.append(r)
         return out
