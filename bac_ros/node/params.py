@@ -49,7 +49,8 @@ class NodeConfig:
         "control path), times compiled against eager chunks and keeps the faster (logged; "
         "`compile_choice` on /diagnostics); a failed compile (no C++ compiler) runs eagerly. "
         "false: eager, nothing compiled (faster start). Schedules with more than 8 distinct "
-        "masks run eagerly", True))
+        "masks run eagerly; a hot-swapped schedule serves eagerly while it compiles in the "
+        "background", True))
     warmup_iterations: int = field(default=2, metadata=meta(
         "inferences run at start to warm up the device", True, 0, 100))
     seed: int = field(default=0, metadata=meta(

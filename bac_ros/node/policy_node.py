@@ -249,6 +249,8 @@ class PolicyNode(LifecycleNode):
             sid = staged[0].schedule_id if staged[0] else "off (full compute)"
             self.get_logger().info(f"schedule hot-swapped: {sid} from {cand.schedule!r} "
                                    "(takes effect from the next chunk)")
+            if staged[0] is not None:  # compiled meanwhile, off the control path
+                self._compile_thread = self.runtime.compile_later(staged[0])
         return SetParametersResult(successful=True)
 
     def _stage_schedule(self, cand: NodeConfig):
@@ -257,7 +259,9 @@ class PolicyNode(LifecycleNode):
         from bac_ros.bac.schedule import ScheduleError
 
         try:
-            return self.runtime.load_candidate(cand.schedule)
+            # Eager at first: compiling here would stall the executor (the command stream)
+            # for seconds; compile_later does it in the background after the swap.
+            return self.runtime.load_candidate(cand.schedule, compiled=False)
         except ScheduleError as exc:
             raise ValueError(f"schedule not swapped, the active one keeps serving: "
                              f"{str(exc)[:500]}") from exc

@@ -102,10 +102,11 @@ class PolicyRuntime:
                                                 self.policy.num_inference_steps,
                                                 dynamic_batch=self.max_batch > 1)
 
-    def _cache_for(self, sched: CacheSchedule):
-        """The executor of ``sched``: compiled when ``compile`` is on (its new masks compile
-        at its first chunk), else, or when it has too many distinct masks, eager."""
-        if self.compiled:
+    def _cache_for(self, sched: CacheSchedule, compiled: bool | None = None):
+        """The executor of ``sched``: compiled when ``compile`` is on (its graphs compile at its
+        first chunk: the warm-up's or ``compile_later``'s), else, or when it has too many
+        distinct masks, eager."""
+        if self.compiled if compiled is None else compiled:
             from bac_ros.bac.compiled import CompiledSchedule
 
             try:
@@ -115,13 +116,53 @@ class PolicyRuntime:
                 self.log(f"schedule {sched.schedule_id} runs eagerly: {exc}")
         return ScheduledBlockCache(sched, self.policy.model.blocks())
 
-    def load_candidate(self, path: str) -> tuple[CacheSchedule | None, ScheduledBlockCache | None]:
+    def load_candidate(self, path: str, compiled: bool | None = None
+                       ) -> tuple[CacheSchedule | None, ScheduledBlockCache | None]:
         """Validate a schedule file against the running policy (fingerprint, sampler, K,
-        blocks) without touching the active one. '' = full compute. Raises ScheduleError."""
+        blocks) without touching the active one. '' = full compute. Raises ScheduleError.
+        ``compiled=False``: an eager executor even when the runtime compiles (a hot swap:
+        see ``compile_later``)."""
         if not path:
             return None, None
         sched = load_schedule(path, policy=self.policy, allow_mismatch=self._allow_mismatch)
-        return sched, self._cache_for(sched)
+        return sched, self._cache_for(sched, compiled)
+
+    def compile_later(self, sched: CacheSchedule) -> threading.Thread | None:
+        """A hot-swapped schedule serves eagerly at once; when the runtime runs compiled,
+        this compiles its graphs on a background thread (seconds; the inference worker must
+        not stall on it) and then makes the compiled executor active, unless another
+        schedule was swapped in meanwhile. Returns the thread (None: nothing to compile)."""
+        if not self.compiled:
+            return None
+
+        def work():
+            from bac_ros.engine.testing import random_obs
+
+            t = time.perf_counter()
+            try:
+                runner = self._cache_for(sched, compiled=True)
+                if isinstance(runner, ScheduledBlockCache):
+                    return  # too many masks: it stays eager (logged by _cache_for)
+                p = self.policy
+                with torch.no_grad(), self._autocast():
+                    for batch in sorted({1, self.max_batch}):
+                        cond = p.encode_condition(random_obs(p, batch=batch))
+                        p.denoise(cond, p.make_noise(batch), cache=runner,
+                                  generator=torch.Generator().manual_seed(0))
+            except Exception as exc:  # noqa: BLE001 - the eager executor keeps serving
+                self.log(f"schedule {sched.schedule_id}: compiling failed, it stays eager: "
+                         f"{str(exc)[:300]}")
+                return
+            with self._swap_lock:
+                if self.schedule is not sched:
+                    return
+                self.cache = runner
+            self.info(f"schedule {sched.schedule_id} compiled in "
+                      f"{time.perf_counter() - t:.1f} s; now running compiled")
+
+        thread = threading.Thread(target=work, name="bac_compile", daemon=True)
+        thread.start()
+        return thread
 
     def swap_schedule(self, candidate) -> None:
         """Make a validated candidate active. The chunk in flight keeps the schedule it started

@@ -348,6 +348,10 @@ def test_schedule_hot_swap(tiny_files, messages):
         assert live.probe.result.chunks[-1][1].schedule_id == old_id
         r = node.set_parameters([Parameter("schedule", value=str(new_path))])[0]
         assert r.successful, r.reason
+        if node.runtime.compiled:  # compiled in the background, then swapped in
+            from bac_ros.bac.compiled import CompiledSchedule
+
+            assert _wait(lambda: isinstance(node.runtime.cache, CompiledSchedule), 30)
         n_before = len(live.probe.result.chunks)
         live.probe.replay(messages[len(messages) // 3: 2 * len(messages) // 3])
         after = [m.schedule_id for _, m in live.probe.result.chunks[n_before + 1:]]

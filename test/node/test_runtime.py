@@ -166,3 +166,31 @@ def test_compile_keeps_the_faster_and_survives_a_missing_compiler(lowdim):
     np.testing.assert_allclose(broken.infer(obs, 4, True).actions, ref.infer(obs, 4, True).actions,
                                rtol=1e-6, atol=1e-5)
     torch._dynamo.reset()
+
+
+def test_hot_swapped_schedule_serves_eagerly_then_compiled(lowdim, tmp_path):
+    """A schedule swapped in at runtime serves eagerly at once (nothing compiles on the
+    control path) and is compiled on a background thread, then swapped to the compiled
+    executor: same actions, the same schedule."""
+    from bac_ros.bac.baselines import build_schedule
+    from bac_ros.bac.cache import ScheduledBlockCache
+    from bac_ros.bac.compiled import CompiledSchedule
+    from bac_ros.bac.schedule import save_schedule
+
+    rt = PolicyRuntime(NodeConfig(checkpoint=lowdim["checkpoint"], schedule=lowdim["schedule"]))
+    rt.warmup(0)
+    rt.compiled = True  # as if compiled won the warm-up's timing (it may not on a tiny model)
+    p = rt.policy
+    new = build_schedule("uniform", p.model.blocks(), p.num_inference_steps, 2, p.fingerprint,
+                         p.config.scheduler.type)
+    staged = rt.load_candidate(str(save_schedule(new, tmp_path / "new.yaml")), compiled=False)
+    assert isinstance(staged[1], ScheduledBlockCache)
+    rt.swap_schedule(staged)
+    obs = random_obs(p, seed=4)
+    eager = rt.infer(obs, 9, True)
+    assert eager.schedule_id == new.schedule_id
+    rt.compile_later(staged[0]).join(timeout=120)
+    assert isinstance(rt.cache, CompiledSchedule) and rt.schedule is staged[0]
+    compiled = rt.infer(obs, 9, True)
+    np.testing.assert_allclose(compiled.actions, eager.actions, rtol=1e-4, atol=1e-3)
+    assert compiled.blocks_computed == eager.blocks_computed
