@@ -42,8 +42,26 @@ export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 101))}
   --checkpoint "$ROOT/data/policies/pusht_image.safetensors" \
   --schedule "$ROOT/data/policies/pusht_image.schedule.yaml" --compare-full --json \
   > "$OUT/replay_image.json"
-"$BAC" replay "$ROOT/data/pusht/pusht_rollout" \
-  --checkpoint "$ROOT/data/policies/pusht_image.safetensors" \
-  --schedule "$ROOT/data/policies/pusht_image.schedule.yaml" --compare-full --json \
-  --param compile:=true > "$OUT/replay_image_compiled.json"
+# The node end to end (issue 15): before (eager, chunks start at the tick), each fix alone, and
+# the default (compiled when faster, chunks start at the next frame); then N robots per node.
+DEVICE_PARAM=()
+args=("$@")
+for i in "${!args[@]}"; do  # bench's --device X -> the node's device:=X
+  if [[ ${args[$i]} == --device ]]; then DEVICE_PARAM=(--param "device:=${args[$((i + 1))]}"); fi
+done
+node_run() {  # name, extra args
+  local name=$1; shift
+  "$BAC" replay --json "${DEVICE_PARAM[@]}" "$@" > "$OUT/node_$name.json"
+}
+node_run before --param compile:=false --param replan_on_fresh_observation:=false
+node_run fresh_frame --param compile:=false
+node_run compiled --param replan_on_fresh_observation:=false
+node_run default
+for N in 1 2 4 8; do
+  node_run "robots_$N" --robots "$N"
+  node_run "robots_${N}_eager" --robots "$N" --param compile:=false
+done
+# inductor options for compiled full compute, each checked against eager
+"$ROOT/.venv/bin/python" "$ROOT/scripts/bench_compile_variants.py" --json \
+  > "$OUT/compile_variants.jsonl"
 echo "tables in $OUT"
