@@ -250,7 +250,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().info(f"schedule hot-swapped: {sid} from {cand.schedule!r} "
                                    "(takes effect from the next chunk)")
             if staged[0] is not None:  # compiled meanwhile, off the control path
-                self._compile_thread = self.runtime.compile_later(staged[0])
+                self.runtime.compile_later(staged[0])
         return SetParametersResult(successful=True)
 
     def _stage_schedule(self, cand: NodeConfig):
