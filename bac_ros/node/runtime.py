@@ -136,19 +136,12 @@ class PolicyRuntime:
             return None
 
         def work():
-            from bac_ros.engine.testing import random_obs
-
             t = time.perf_counter()
             try:
                 runner = self._cache_for(sched, compiled=True)
                 if isinstance(runner, ScheduledBlockCache):
                     return  # too many masks: it stays eager (logged by _cache_for)
-                p = self.policy
-                with torch.no_grad(), self._autocast():
-                    for batch in sorted({1, self.max_batch}):
-                        cond = p.encode_condition(random_obs(p, batch=batch))
-                        p.denoise(cond, p.make_noise(batch), cache=runner,
-                                  generator=torch.Generator().manual_seed(0))
+                self._compile_graphs(runner)
             except Exception as exc:  # noqa: BLE001 - the eager executor keeps serving
                 self.log(f"schedule {sched.schedule_id}: compiling failed, it stays eager: "
                          f"{str(exc)[:300]}")
@@ -231,25 +224,19 @@ class PolicyRuntime:
         t2 = time.perf_counter()
         action_pred = p.normalizer.unnormalize("action", naction.float()).cpu().numpy()
         start = p.config.n_obs_steps - 1
+        checked = []
+        for row in action_pred[:, start:].astype(np.float32):
+            try:
+                checked.append(self._checked(row, limits, limit_mode))
+            except ChunkRejected as exc:
+                checked.append(exc)
+        post_ms = 1000 * (time.perf_counter() - t2)
         total = self.n_blocks * p.num_inference_steps
         computed = cache.computed_count if cache is not None else total
-        out: list[InferenceResult | ChunkRejected] = []
-        for i in range(len(requests)):
-            try:
-                actions = self._checked(action_pred[i, start:].astype(np.float32), limits,
-                                        limit_mode)
-            except ChunkRejected as exc:
-                out.append(exc)
-                continue
-            out.append(InferenceResult(
-                actions, 1000 * (t1 - t0), 1000 * (t2 - t1), 0.0, p.num_inference_steps,
-                computed, total - computed, use_bac, schedule.schedule_id if use_bac else "",
-                batch_size=len(requests)))
-        post_ms = 1000 * (time.perf_counter() - t2)
-        for r in out:
-            if isinstance(r, InferenceResult):
-                r.postprocess_ms = post_ms
-        return out
+        return [a if isinstance(a, ChunkRejected) else InferenceResult(
+            a, 1000 * (t1 - t0), 1000 * (t2 - t1), post_ms, p.num_inference_steps, computed,
+            total - computed, use_bac, schedule.schedule_id if use_bac else "",
+            batch_size=len(requests)) for a in checked]
 
     def _inpaint(self, fixed: list[tuple[np.ndarray, np.ndarray] | None]):
         """Per-request fixed actions -> ``denoise``'s batched ``inpaint`` (None: none fixed)."""
@@ -307,9 +294,9 @@ class PolicyRuntime:
         or an inductor failure the node still serves, eagerly."""
         t = time.perf_counter()
         try:
-            for batch in sorted({1, self.max_batch}):
-                for use_bac in (True, False):
-                    self.infer_batch(full[:batch], use_bac=use_bac)
+            for runner in (self.cache, self.full_runner):
+                if runner is not None and hasattr(runner, "run_model"):
+                    self._compile_graphs(runner)
         except Exception as exc:  # noqa: BLE001 - eager execution does not need the compiler
             self._set_runners(*self._eager_runners())
             self.compile_choice = f"eager: compiling failed ({type(exc).__name__})"
@@ -332,6 +319,20 @@ class PolicyRuntime:
                                f"{med['eager']:.1f} ms eager")
         self.info(f"compiled the denoiser in {compile_s:.1f} s; {self.compile_choice} (batch "
                  f"{len(full)}, median of {rounds}) -> running {use}")
+
+    @torch.no_grad()
+    def _compile_graphs(self, runner) -> None:
+        """Compile ``runner``'s graphs (a CompiledSchedule) by running a chunk through it at
+        batch 1 and at the largest batch (with several robots the second makes the batch
+        size dynamic), outside ``infer_batch``: the active executors are not touched."""
+        from bac_ros.engine.testing import random_obs
+
+        p = self.policy
+        with self._autocast():
+            for batch in sorted({1, self.max_batch}):
+                cond = p.encode_condition(random_obs(p, batch=batch))
+                p.denoise(cond, p.make_noise(batch), cache=runner,
+                          generator=torch.Generator().manual_seed(0))
 
     def _eager_runners(self):
         cache = None if self.schedule is None else \
