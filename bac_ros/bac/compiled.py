@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from bac_ros.bac.cache import ScheduleSteps
+from bac_ros.bac.cache import ScheduledBlockCache, ScheduleSteps
 from bac_ros.bac.schedule import CacheSchedule
 
 
@@ -73,3 +73,18 @@ class CompiledSchedule(ScheduleSteps):
             if m:
                 self._cached[b] = next(it)
         return out
+
+
+def executor(model, schedule: CacheSchedule | None, num_steps: int, compiled: bool,
+             dynamic_batch: bool = False, on_eager=None):
+    """What runs a chunk of ``schedule`` (None: full compute): with ``compiled`` a
+    CompiledSchedule, unless the schedule has too many distinct masks to be worth compiling
+    (``on_eager(reason)`` hears why); else eagerly: a ScheduledBlockCache, or None for full
+    compute (the model's plain forward)."""
+    if compiled:
+        try:
+            return CompiledSchedule(model, schedule, num_steps, dynamic_batch=dynamic_batch)
+        except ValueError as exc:
+            if on_eager is not None:
+                on_eager(str(exc))
+    return None if schedule is None else ScheduledBlockCache(schedule, model.blocks())

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from bac_ros.bac.cache import ScheduledBlockCache
+from bac_ros.bac.compiled import CompiledSchedule, executor
 from bac_ros.bac.schedule import CacheSchedule, ScheduleError, load_schedule
 from bac_ros.engine.checkpoint import load_policy
 from bac_ros.node.params import NodeConfig
@@ -94,27 +95,19 @@ class PolicyRuntime:
                                          "instead)") from exc
                 log(f"BAC disabled, running full compute: {exc}")
         self.n_blocks = len(self.policy.model.blocks())
-        self.full_runner = None  # compiled full compute (None: eager)
-        if cfg.compile:
-            from bac_ros.bac.compiled import CompiledSchedule
-
-            self.full_runner = CompiledSchedule(self.policy.model, None,
-                                                self.policy.num_inference_steps,
-                                                dynamic_batch=self.max_batch > 1)
+        # compiled full compute (None: eager)
+        self.full_runner = executor(self.policy.model, None, self.policy.num_inference_steps,
+                                    cfg.compile, dynamic_batch=self.max_batch > 1)
 
     def _cache_for(self, sched: CacheSchedule, compiled: bool | None = None):
         """The executor of ``sched``: compiled when ``compile`` is on (its graphs compile at its
         first chunk: the warm-up's or ``compile_later``'s), else, or when it has too many
         distinct masks, eager."""
-        if self.compiled if compiled is None else compiled:
-            from bac_ros.bac.compiled import CompiledSchedule
-
-            try:
-                return CompiledSchedule(self.policy.model, sched,
-                                        dynamic_batch=self.max_batch > 1)
-            except ValueError as exc:  # too many distinct masks: eager is the better deal
-                self.log(f"schedule {sched.schedule_id} runs eagerly: {exc}")
-        return ScheduledBlockCache(sched, self.policy.model.blocks())
+        return executor(self.policy.model, sched, sched.num_steps,
+                        self.compiled if compiled is None else compiled,
+                        dynamic_batch=self.max_batch > 1,
+                        on_eager=lambda why: self.log(f"schedule {sched.schedule_id} runs "
+                                                      f"eagerly: {why}"))
 
     def load_candidate(self, path: str, compiled: bool | None = None
                        ) -> tuple[CacheSchedule | None, ScheduledBlockCache | None]:
@@ -139,7 +132,7 @@ class PolicyRuntime:
             t = time.perf_counter()
             try:
                 runner = self._cache_for(sched, compiled=True)
-                if isinstance(runner, ScheduledBlockCache):
+                if not isinstance(runner, CompiledSchedule):
                     return  # too many masks: it stays eager (logged by _cache_for)
                 self._compile_graphs(runner)
             except Exception as exc:  # noqa: BLE001 - the eager executor keeps serving
@@ -295,7 +288,7 @@ class PolicyRuntime:
         t = time.perf_counter()
         try:
             for runner in (self.cache, self.full_runner):
-                if runner is not None and hasattr(runner, "run_model"):
+                if isinstance(runner, CompiledSchedule):
                     self._compile_graphs(runner)
         except Exception as exc:  # noqa: BLE001 - eager execution does not need the compiler
             self._set_runners(*self._eager_runners())
@@ -335,8 +328,7 @@ class PolicyRuntime:
                           generator=torch.Generator().manual_seed(0))
 
     def _eager_runners(self):
-        cache = None if self.schedule is None else \
-            ScheduledBlockCache(self.schedule, self.policy.model.blocks())
+        cache = None if self.schedule is None else self._cache_for(self.schedule, False)
         return cache, None
 
     def _set_runners(self, cache, full_runner) -> None:

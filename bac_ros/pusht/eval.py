@@ -23,8 +23,8 @@ import torch
 from tqdm import tqdm
 
 from bac_ros.bac.baselines import build_schedule, chunk_flops
-from bac_ros.bac.cache import ScheduledBlockCache
 from bac_ros.bac.capture import capture_features
+from bac_ros.bac.compiled import executor
 from bac_ros.bac.flops import model_flops
 from bac_ros.bac.methods import MethodSpec, parse_method
 from bac_ros.bac.schedule import CacheSchedule, load_schedule, save_schedule
@@ -280,20 +280,6 @@ def _flops_ratio_vs_full(policy, sched: CacheSchedule | None, full_steps: int) -
         None if sched is None else sched.update_steps)
 
 
-def _runner(policy, sched: CacheSchedule | None, compile: bool):
-    """The executor a method runs with: eager (None for full compute, else the block cache)
-    or, with ``compile``, compiled like the node runs it (a schedule with too many distinct
-    masks for compiling runs eagerly there and here)."""
-    if compile:
-        from bac_ros.bac.compiled import CompiledSchedule
-
-        try:
-            return CompiledSchedule(policy.model, sched, policy.num_inference_steps)
-        except ValueError:
-            pass
-    return None if sched is None else ScheduledBlockCache(sched, policy.model.blocks())
-
-
 def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
                factory: ScheduleFactory, progress: bool = True) -> dict:
     """Evaluate one method over every batch, resuming from saved batches. Returns its record."""
@@ -332,7 +318,9 @@ def run_method(policy, cfg: EvalConfig, spec: MethodSpec | None, out_dir: Path,
             if {"n_action_steps": 8, **old.get("meta", {})} == meta:
                 record = old
                 record["meta"] = meta
-        cache = _runner(policy, sched, cfg.compile)
+        # as the node runs it with compile:=true (a schedule with too many distinct masks
+        # runs eagerly there and here)
+        cache = executor(policy.model, sched, policy.num_inference_steps, cfg.compile)
         for j in range(cfg.n_batches):
             seeds = cfg.batch_seeds(j)
             have = record["batches"].get(str(j))
