@@ -75,6 +75,7 @@ class PolicyNode(LifecycleNode):
         self._fields = {ros_name(f): f for f in dataclasses.fields(NodeConfig)}
         self.cfg = self._declare_parameters()
         self.counters = collections.Counter()
+        self.diag_prev = collections.Counter()  # problem counters at the last status
         self.warning = ""
         self._recent_errors = 0
         self._warmup_ms: list[float] = []
@@ -424,9 +425,7 @@ class PolicyNode(LifecycleNode):
             self._control_timer = None
         self._stop_worker()
         for robot in self.robots:
-            robot.actions.clear()
-            robot.last_trigger_s = -1e9
-            robot.serving = robot.armed = False
+            robot.drop_plan()
 
     def _stop_worker(self) -> None:
         self._stop.set()
@@ -478,10 +477,9 @@ class PolicyNode(LifecycleNode):
         robot.counters[key] += n
         self.counters[key] += n
 
-    def _warn(self, robot: RobotChannel, warning: str) -> str:
+    def _warn(self, robot: RobotChannel, warning: str) -> None:
         robot.warning = warning
         self.warning = robot.label + warning
-        return self.warning
 
     def _reject(self, robot: RobotChannel, err: InputError) -> None:
         self._count(robot, "rejected_inputs")
@@ -862,16 +860,14 @@ class PolicyNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         """One status for the node (totals over its robots), plus one per robot when it
         serves several (named ``bac_ros: policy <robot>``)."""
-        statuses = [self._status("bac_ros: policy", self.counters, self.silent_topics(),
-                                 self._first_robot_values(), "_diag_prev")]
+        silent = self.silent_topics()
+        statuses = [self._status("bac_ros: policy", self, silent, self._node_values())]
         if len(self.robots) > 1:
             for robot in self.robots:
                 topics = set(robot.image_topics.values()) | ({robot.joint_topic} - {""})
-                silent = [t for t in self.silent_topics() if t in topics]
-                status = self._status(f"bac_ros: policy {robot.name}", robot.counters, silent,
-                                      self._robot_values(robot), f"_diag_prev_{robot.index}",
-                                      robot)
-                statuses.append(status)
+                statuses.append(self._status(f"bac_ros: policy {robot.name}", robot,
+                                             [t for t in silent if t in topics],
+                                             self._robot_values(robot)))
         arr = DiagnosticArray(status=statuses)
         arr.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(arr)
@@ -882,7 +878,7 @@ class PolicyNode(LifecycleNode):
                     total_p99_ms=round(lat.total_p99_ms, 3),
                     achieved_rate_hz=round(lat.achieved_rate_hz, 3))
 
-    def _first_robot_values(self) -> dict:
+    def _node_values(self) -> dict:
         values = self._robot_values(self.robots[0]) if self.robots else {}
         values.update(
             lifecycle_state=self.lifecycle_state, robots=len(self.robots),
@@ -892,14 +888,12 @@ class PolicyNode(LifecycleNode):
             schedule_id=self.runtime.schedule.schedule_id if self.runtime.schedule else "")
         return values
 
-    def _status(self, name: str, counters: collections.Counter, silent: list[str],
-                extra: dict, prev_attr: str, robot: RobotChannel | None = None
-                ) -> DiagnosticStatus:
-        c = counters
-        prev = getattr(self, prev_attr, collections.Counter())
+    def _status(self, name: str, owner, silent: list[str], extra: dict) -> DiagnosticStatus:
+        """The status of ``owner`` (the node, or one of its robots: each has ``counters``,
+        ``warning`` and ``diag_prev``) for the last second."""
+        c, prev, warning = owner.counters, owner.diag_prev, owner.warning
         recent = {k: c[k] - prev[k] for k in self._PROBLEMS if c[k] > prev[k]}
-        setattr(self, prev_attr, collections.Counter({k: c[k] for k in self._PROBLEMS}))
-        warning = robot.warning if robot is not None else self.warning
+        owner.diag_prev = collections.Counter({k: c[k] for k in self._PROBLEMS})
         status = DiagnosticStatus(name=name, hardware_id=self.cfg.device)
         if self._recent_errors >= 3:
             status.level = DiagnosticStatus.ERROR
@@ -921,10 +915,7 @@ class PolicyNode(LifecycleNode):
                               "commands; `ros2 lifecycle set <node> activate` to serve")
         else:
             status.level, status.message = DiagnosticStatus.OK, "serving"
-            if robot is None:
-                self.warning = ""
-            else:
-                robot.warning = ""
+            owner.warning = ""
         values = dict(c)
         values.update(extra)
         status.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(values.items())]

@@ -56,6 +56,7 @@ class RobotChannel:
     in_flight: bool = False  # its chunk is being computed
     armed: bool = False  # due within a frame: start at the next complete observation
     warning: str = ""
+    diag_prev: collections.Counter = field(default_factory=collections.Counter)  # at last status
 
     def __post_init__(self) -> None:
         self.latencies: collections.deque = collections.deque(maxlen=self.latency_window)
@@ -73,9 +74,14 @@ class RobotChannel:
         self.latencies = collections.deque(self.latencies, maxlen=n)
         self.chunk_times = collections.deque(self.chunk_times, maxlen=n)
 
-    def reset(self) -> None:
-        """Forget the history and every queued action (a clock jump, a deactivation)."""
-        self.buffer.clear()
+    def drop_plan(self) -> None:
+        """Drop every queued action and the replanning state (a deactivation: nothing planned
+        before it is sent after it)."""
         self.actions.clear()
         self.last_trigger_s = -1e9
         self.serving = self.armed = False
+
+    def reset(self) -> None:
+        """Forget the history too (a clock jump: every stamp belongs to another time line)."""
+        self.buffer.clear()
+        self.drop_plan()
